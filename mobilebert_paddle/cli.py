@@ -1,0 +1,104 @@
+"""`mobilebert` command line: one table maps each subcommand to plain importable functions.
+
+Each entry names the module holding the command, the function that declares its flags
+(`add(parser)`) and the function that runs it (`run(args)`, returning the JSON summary
+dict, None, or `(summary, exit_code)`). A command's
+module is imported only when that command runs, so `mobilebert --help` stays fast. A
+returned dict is the run's JSON summary, printed on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from typing import NamedTuple
+
+from .errors import UserInputError
+
+
+class Command(NamedTuple):
+    module: str
+    add_arguments: str
+    run: str
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "quickstart": Command("mobilebert_paddle.quickstart", "add_arguments", "run",
+                          "offline demo: build a tiny model and SQuAD-style data, fine-tune, evaluate, predict"),
+    "convert": Command("mobilebert_paddle.convert", "add_arguments", "run",
+                       "HF checkpoint (dir or hub id) -> Paddle model dir, or back with --to hf"),
+    "compare": Command("mobilebert_paddle.compare", "add_arguments", "run",
+                       "parity report: Paddle model vs the PyTorch reference, relative error per output"),
+    "finetune": Command("mobilebert_paddle.train", "add_finetune_arguments", "run_finetune",
+                        "fine-tune on SQuAD v1.1/v2.0, MNLI or a GLUE task, evaluating on dev as it goes"),
+    "evaluate": Command("mobilebert_paddle.evaluation", "add_evaluate_arguments", "run_evaluate",
+                        "score a model on a task's dev data and write predictions"),
+    "predict": Command("mobilebert_paddle.evaluation", "add_predict_arguments", "run_predict",
+                       "answer a question about a context, or classify a text (pair)"),
+    "export": Command("mobilebert_paddle.export", "add_arguments", "run",
+                      "export a static Paddle inference model or ONNX (optionally fused / int8)"),
+    "squad-eval": Command("mobilebert_paddle.metrics", "add_squad_eval_arguments", "run_squad_eval",
+                          "drop-in for the official SQuAD v1.1/v2.0 evaluation script"),
+    "bench": Command("mobilebert_paddle.bench", "add_arguments", "run",
+                     "latency/throughput of every inference path against HF PyTorch, side by side"),
+}
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def use_all_cores() -> None:
+    """Paddle reads OMP_NUM_THREADS once, at import, and defaults to one thread."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+
+
+def build_parser(command_name: str | None) -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="mobilebert", description="MobileBERT in PaddlePaddle.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name == command_name:  # only the chosen command's module is imported
+            module = importlib.import_module(command.module)
+            getattr(module, command.add_arguments)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    use_all_cores()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    command_name = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command_name not in COMMANDS:
+        command_name = None
+    parser = build_parser(command_name)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    command = COMMANDS[args.command]
+    try:
+        summary = getattr(importlib.import_module(command.module), command.run)(args)
+    except UserInputError as error:
+        print(f"mobilebert {args.command}: error: {error}", file=sys.stderr)
+        return UserInputError.exit_code
+    except KeyboardInterrupt:
+        print(f"mobilebert {args.command}: interrupted", file=sys.stderr)
+        return 130
+    exit_code = 0
+    if isinstance(summary, tuple):  # (summary, exit code), e.g. `compare` above its tolerance
+        summary, exit_code = summary
+    if summary is not None:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return exit_code

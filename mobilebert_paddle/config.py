@@ -1,0 +1,161 @@
+"""MobileBERT configuration: a dataclass whose fields are the keys of HF's config.json.
+
+Defaults are those of google/mobilebert-uncased (24 layers, 512-wide inter-block
+hidden states, 128-wide bottlenecks inside each block, 4 stacked FFNs, NoNorm, trigram
+input embeddings). Keys this class does not know are kept in `extra` and written back
+unchanged, so a config read from any HF checkpoint round-trips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserInputError
+from .files import atomic_write_text, read_json
+
+CONFIG_NAME = "config.json"
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "tanh", "silu", "swish")
+NORMALIZATIONS = ("no_norm", "layer_norm")
+
+
+@dataclass
+class MobileBertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 512                  # width between blocks (the "inter-block" size)
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 4
+    intermediate_size: int = 512            # FFN inner width
+    hidden_act: str = "relu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    embedding_size: int = 128               # word-embedding width (before the trigram projection)
+    trigram_input: bool = True
+    use_bottleneck: bool = True
+    intra_bottleneck_size: int = 128        # width inside each block when use_bottleneck
+    use_bottleneck_attention: bool = False
+    key_query_shared_bottleneck: bool = True
+    num_feedforward_networks: int = 4
+    normalization_type: str = "no_norm"
+    classifier_activation: bool = True
+    classifier_dropout: float | None = None
+    tie_word_embeddings: bool = True
+    # Head bookkeeping, as HF keeps it.
+    architectures: list[str] | None = None
+    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    problem_type: str | None = None
+    # Any other key of the file (transformers_version, torch_dtype, task params, ...).
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.id2label = {int(key): str(value) for key, value in self.id2label.items()}
+        self.validate()
+
+    # -- derived values -------------------------------------------------------------
+    @property
+    def true_hidden_size(self) -> int:
+        """Width of the attention / FFN stack inside a block (HF derives it the same way)."""
+        return self.intra_bottleneck_size if self.use_bottleneck else self.hidden_size
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, count: int) -> None:
+        if count != self.num_labels:
+            self.id2label = {index: f"LABEL_{index}" for index in range(count)}
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: index for index, label in self.id2label.items()}
+
+    @property
+    def classifier_dropout_prob(self) -> float:
+        return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+
+    def validate(self) -> None:
+        problems = []
+        if self.hidden_act not in ACTIVATIONS:
+            problems.append(f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.normalization_type not in NORMALIZATIONS:
+            problems.append(f"normalization_type {self.normalization_type!r} is not one of {', '.join(NORMALIZATIONS)}")
+        if self.num_attention_heads <= 0 or self.true_hidden_size % self.num_attention_heads:
+            problems.append(f"true_hidden_size {self.true_hidden_size} is not divisible by "
+                            f"num_attention_heads {self.num_attention_heads}")
+        if self.num_feedforward_networks < 1:
+            problems.append(f"num_feedforward_networks must be >= 1, got {self.num_feedforward_networks}")
+        if self.hidden_size < self.embedding_size and self.tie_word_embeddings:
+            problems.append(f"hidden_size {self.hidden_size} < embedding_size {self.embedding_size}: "
+                            "the tied MLM decoder cannot be built")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    # -- (de)serialisation ----------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "MobileBertConfig":
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in known:
+                kwargs[key] = value
+            elif key in ("true_hidden_size", "num_labels", "label2id"):
+                continue  # derived; recomputed from the fields above
+            else:
+                extra[key] = value
+        if "id2label" not in kwargs and "num_labels" in values:
+            kwargs["id2label"] = {index: f"LABEL_{index}" for index in range(int(values["num_labels"]))}
+        if values.get("model_type", "mobilebert") != "mobilebert":
+            raise UserInputError(f"{source}: model_type is {values['model_type']!r}, not 'mobilebert'")
+        for key, value in kwargs.items():
+            expected = known[key].type
+            if expected in ("int", "bool") and not isinstance(value, (int, bool)):
+                raise UserInputError(f"{source}: {key} must be {expected}, got {value!r}")
+        try:
+            return cls(**kwargs, extra=extra)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise UserInputError(f"{source}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {key: value for key, value in self.extra.items()}
+        for f in dataclasses.fields(self):
+            if f.name != "extra":
+                values[f.name] = getattr(self, f.name)
+        values["model_type"] = "mobilebert"
+        values["true_hidden_size"] = self.true_hidden_size
+        values["id2label"] = {str(index): label for index, label in sorted(self.id2label.items())}
+        values["label2id"] = {label: index for index, label in sorted(self.id2label.items())}
+        if values["architectures"] is None:
+            del values["architectures"]
+        return dict(sorted(values.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "MobileBertConfig":
+        values = read_json(path, "config.json")
+        if not isinstance(values, dict):
+            raise UserInputError(f"{path}: config.json must hold a JSON object")
+        return cls.from_dict(values, source=str(path))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "MobileBertConfig":
+        return cls.from_json_file(Path(directory) / CONFIG_NAME)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(directory) / CONFIG_NAME, self.to_json_string())
+
+    def replace(self, **changes: Any) -> "MobileBertConfig":
+        return dataclasses.replace(self, **changes)

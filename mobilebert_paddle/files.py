@@ -1,0 +1,107 @@
+"""File helpers shared by every command: atomic writes and checked JSON reads.
+
+Nothing a command writes may be left half-written: files go to a temporary name in the
+same directory and are renamed into place; directories are built beside the target and
+swapped in with renames, so a kill at any moment leaves either the old or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserInputError
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` (and parents) or raise UserInputError saying why it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as error:
+        raise UserInputError(f"{path}: output directory is not writable ({error.strerror or error})") from None
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces `target` in one rename.
+
+    An existing `target` is first renamed aside and deleted only after the new one is in
+    place, so an interruption leaves a complete directory at `target` or at `target.old`
+    (which `recover_directory` puts back).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directory(target: str | os.PathLike) -> None:
+    """Undo an `atomic_directory` swap that was interrupted between its two renames."""
+    target = Path(target)
+    old = target.with_name(target.name + ".old")
+    if old.exists() and not target.exists():
+        os.replace(old, target)
+    elif old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Read a JSON file; a missing or malformed file is a UserInputError naming the place."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise UserInputError(f"{path}: expected a {what}, found a directory") from None
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{path}: {what} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot read {what} ({error.strerror or error})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None

@@ -49,6 +49,11 @@ class MobileBertConfig:
     classifier_activation: bool = True
     classifier_dropout: float | None = None
     tie_word_embeddings: bool = True
+    # Not an HF key (transformers ignores it). The trigram input lets the last real token see
+    # the [PAD] embedding after it, so in HF (and the TF original) a sequence's outputs depend
+    # on how much padding its batch has. True zeroes the embeddings of masked positions first:
+    # outputs then equal the unpadded sequence's, whatever the padding. False = the reference.
+    trigram_ignores_padding: bool = False
     # Head bookkeeping, as HF keeps it.
     architectures: list[str] | None = None
     id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
@@ -94,6 +99,11 @@ class MobileBertConfig:
                             f"num_attention_heads {self.num_attention_heads}")
         if self.num_feedforward_networks < 1:
             problems.append(f"num_feedforward_networks must be >= 1, got {self.num_feedforward_networks}")
+        if (self.use_bottleneck and not self.key_query_shared_bottleneck and not self.use_bottleneck_attention
+                and self.hidden_size != self.intra_bottleneck_size):
+            # Attention would then read the H-wide input through I-wide projections (HF fails too).
+            problems.append("use_bottleneck without key_query_shared_bottleneck needs use_bottleneck_attention "
+                            "(or hidden_size == intra_bottleneck_size)")
         if self.hidden_size < self.embedding_size and self.tie_word_embeddings:
             problems.append(f"hidden_size {self.hidden_size} < embedding_size {self.embedding_size}: "
                             "the tied MLM decoder cannot be built")

@@ -1,0 +1,610 @@
+"""MobileBERT in PaddlePaddle: every layer and every task head, in one file.
+
+Paper: Sun et al., "MobileBERT: a Compact Task-Agnostic BERT for Resource-Limited Devices",
+ACL 2020 (arXiv 2004.02984). The reference is HuggingFace transformers' PyTorch
+MobileBERT; every module attribute here carries the same name as there, so a checkpoint's
+keys map one to one (see convert.py) and `mobilebert compare` can prove the two forwards equal.
+
+Reading order follows the paper's Figure 1:
+    embeddings (128-d word vectors, trigram concat, projected to 512)
+    -> num_hidden_layers x MobileBertLayer:
+         bottleneck in (512 -> 128)  ->  multi-head attention at 128
+         -> (num_feedforward_networks - 1) stacked FFNs at 128 -> the block's own FFN
+         -> bottleneck out (128 -> 512) with the residual around the whole block
+    -> task head.
+Shapes: B batch, T tokens, H = hidden_size (512), I = true_hidden_size (128 with bottlenecks).
+
+Paddle differs from PyTorch in ways that matter for parity (DESIGN.md, Known traps):
+Linear weights are stored [in, out]; `nn.Embedding(padding_idx=...)` would zero the pad row,
+so it is never set; LayerNorm's epsilon is passed explicitly (HF leaves two of them at
+PyTorch's 1e-5 default, reproduced below); masked attention scores get the dtype minimum.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import NamedTuple, Optional, Tuple
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .config import MobileBertConfig
+
+logger = logging.getLogger(__name__)
+
+TORCH_LAYER_NORM_DEFAULT_EPS = 1e-5  # where HF builds a LayerNorm without passing layer_norm_eps
+
+
+# ----------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------
+
+def activation(name: str):
+    """The activation function named by config.hidden_act (same formulas as HF's ACT2FN)."""
+    functions = {
+        "relu": F.relu,
+        "gelu": lambda x: F.gelu(x, approximate=False),
+        "gelu_new": lambda x: F.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate=True),
+        "tanh": paddle.tanh,
+        "silu": F.silu,
+        "swish": F.silu,
+    }
+    return functions[name]
+
+
+class NoNorm(nn.Layer):
+    """MobileBERT's replacement for LayerNorm: an element-wise affine map, x * weight + bias.
+
+    No statistics are computed, which is what makes it cheap on phones (paper, Sec. 3.5).
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = self.create_parameter([size], default_initializer=nn.initializer.Constant(1.0))
+        self.bias = self.create_parameter([size], is_bias=True, default_initializer=nn.initializer.Constant(0.0))
+
+    def forward(self, x):
+        return x * self.weight + self.bias
+
+
+def normalization(config: MobileBertConfig, size: int, epsilon: float) -> nn.Layer:
+    if config.normalization_type == "layer_norm":
+        return nn.LayerNorm(size, epsilon=epsilon)
+    return NoNorm(size)
+
+
+class MobileBertEmbeddings(nn.Layer):
+    """Word vectors of width embedding_size (128); with trigram_input each position sees the
+    concatenation [next token, this token, previous token] (3 x 128), projected to H."""
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.trigram_input = config.trigram_input
+        self.ignore_padding = config.trigram_input and config.trigram_ignores_padding
+        self.embedding_size = config.embedding_size
+        self.hidden_size = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size)  # no padding_idx (trap)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        input_width = config.embedding_size * (3 if config.trigram_input else 1)
+        self.embedding_transformation = nn.Linear(input_width, config.hidden_size)
+        self.LayerNorm = normalization(config, config.hidden_size, TORCH_LAYER_NORM_DEFAULT_EPS)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.register_buffer("position_ids", paddle.arange(config.max_position_embeddings, dtype="int64"),
+                             persistable=False)
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None, attention_mask=None):
+        seq_length = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = self.position_ids[:seq_length].unsqueeze(0)               # (1, T)
+        if token_type_ids is None:
+            token_type_ids = paddle.zeros_like(input_ids)
+        words = self.word_embeddings(input_ids)                                      # (B, T, 128)
+        if self.ignore_padding and attention_mask is not None:
+            words = words * attention_mask.astype(words.dtype).unsqueeze(-1)         # [PAD] neighbours -> 0
+        if self.trigram_input:
+            zeros = paddle.zeros_like(words[:, :1])                                  # (B, 1, 128)
+            next_words = paddle.concat([words[:, 1:], zeros], axis=1)
+            previous_words = paddle.concat([zeros, words[:, :-1]], axis=1)
+            words = paddle.concat([next_words, words, previous_words], axis=2)       # (B, T, 384)
+        if self.trigram_input or self.embedding_size != self.hidden_size:
+            words = self.embedding_transformation(words)                             # (B, T, H)
+        embeddings = words + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class MobileBertSelfAttention(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.true_hidden_size // config.num_attention_heads
+        self.scale = self.head_size ** -0.5
+        all_heads = self.num_heads * self.head_size
+        value_width = config.true_hidden_size if config.use_bottleneck_attention else config.hidden_size
+        self.query = nn.Linear(config.true_hidden_size, all_heads)
+        self.key = nn.Linear(config.true_hidden_size, all_heads)
+        self.value = nn.Linear(value_width, all_heads)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def split_heads(self, x):
+        batch, length = x.shape[0], x.shape[1]
+        return x.reshape([batch, length, self.num_heads, self.head_size]).transpose([0, 2, 1, 3])  # (B, nh, T, hs)
+
+    def forward(self, query_input, key_input, value_input, attention_bias):
+        query = self.split_heads(self.query(query_input))
+        key = self.split_heads(self.key(key_input))
+        value = self.split_heads(self.value(value_input))
+        scores = paddle.matmul(query, key, transpose_y=True) * self.scale              # (B, nh, T, T)
+        if attention_bias is not None:
+            scores = scores + attention_bias                                          # (B, 1, 1, T) broadcast
+        probabilities = self.dropout(F.softmax(scores, axis=-1))
+        context = paddle.matmul(probabilities, value).transpose([0, 2, 1, 3])         # (B, T, nh, hs)
+        return context.reshape([context.shape[0], context.shape[1], self.num_heads * self.head_size])
+
+
+class MobileBertSelfOutput(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.use_bottleneck = config.use_bottleneck
+        self.dense = nn.Linear(config.true_hidden_size, config.true_hidden_size)
+        self.LayerNorm = normalization(config, config.true_hidden_size, config.layer_norm_eps)
+        if not self.use_bottleneck:
+            self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, residual):
+        output = self.dense(hidden_states)
+        if not self.use_bottleneck:
+            output = self.dropout(output)
+        return self.LayerNorm(output + residual)
+
+
+class MobileBertAttention(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.self = MobileBertSelfAttention(config)
+        self.output = MobileBertSelfOutput(config)
+
+    def forward(self, query_input, key_input, value_input, layer_input, attention_bias):
+        context = self.self(query_input, key_input, value_input, attention_bias)
+        return self.output(context, layer_input)
+
+
+class MobileBertIntermediate(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.true_hidden_size, config.intermediate_size)
+        self.activation = activation(config.hidden_act)
+
+    def forward(self, hidden_states):
+        return self.activation(self.dense(hidden_states))
+
+
+class OutputBottleneck(nn.Layer):
+    """The block's exit: I -> H, plus the residual that skips the whole block."""
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.true_hidden_size, config.hidden_size)
+        self.LayerNorm = normalization(config, config.hidden_size, config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, residual):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class MobileBertOutput(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.use_bottleneck = config.use_bottleneck
+        self.dense = nn.Linear(config.intermediate_size, config.true_hidden_size)
+        self.LayerNorm = normalization(config, config.true_hidden_size, TORCH_LAYER_NORM_DEFAULT_EPS)
+        if self.use_bottleneck:
+            self.bottleneck = OutputBottleneck(config)
+        else:
+            self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, intermediate_states, block_residual, layer_input):
+        output = self.dense(intermediate_states)
+        if not self.use_bottleneck:
+            return self.LayerNorm(self.dropout(output) + block_residual)
+        output = self.LayerNorm(output + block_residual)
+        return self.bottleneck(output, layer_input)
+
+
+class BottleneckLayer(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intra_bottleneck_size)
+        self.LayerNorm = normalization(config, config.intra_bottleneck_size, config.layer_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.dense(hidden_states))
+
+
+class Bottleneck(nn.Layer):
+    """The block's entry: H -> I. Decides what attention reads as query, key and value.
+
+    - use_bottleneck_attention: all three read the bottlenecked input;
+    - key_query_shared_bottleneck: query and key read a second, shared bottleneck of the
+      input, value reads the full-width input (the released checkpoint's setting);
+    - otherwise query, key and value all read the full-width input.
+    """
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.key_query_shared_bottleneck = config.key_query_shared_bottleneck
+        self.use_bottleneck_attention = config.use_bottleneck_attention
+        self.input = BottleneckLayer(config)
+        if self.key_query_shared_bottleneck:
+            self.attention = BottleneckLayer(config)
+
+    def forward(self, hidden_states) -> Tuple[paddle.Tensor, ...]:
+        """Returns (query input, key input, value input, block input at width I)."""
+        layer_input = self.input(hidden_states)
+        if self.use_bottleneck_attention:
+            return layer_input, layer_input, layer_input, layer_input
+        if self.key_query_shared_bottleneck:
+            shared = self.attention(hidden_states)
+            return shared, shared, hidden_states, layer_input
+        return hidden_states, hidden_states, hidden_states, layer_input
+
+
+class FFNOutput(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.true_hidden_size)
+        self.LayerNorm = normalization(config, config.true_hidden_size, config.layer_norm_eps)
+
+    def forward(self, hidden_states, residual):
+        return self.LayerNorm(self.dense(hidden_states) + residual)
+
+
+class FFNLayer(nn.Layer):
+    """One of the extra stacked feed-forward networks (paper Sec. 3.3: they rebalance the
+    parameters between attention and FFN in the narrow block)."""
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.intermediate = MobileBertIntermediate(config)
+        self.output = FFNOutput(config)
+
+    def forward(self, hidden_states):
+        return self.output(self.intermediate(hidden_states), hidden_states)
+
+
+class MobileBertLayer(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.use_bottleneck = config.use_bottleneck
+        self.attention = MobileBertAttention(config)
+        self.intermediate = MobileBertIntermediate(config)
+        self.output = MobileBertOutput(config)
+        if self.use_bottleneck:
+            self.bottleneck = Bottleneck(config)
+        # The extra FFNs stacked before the block's own one (none when num_feedforward_networks == 1).
+        self.ffn = nn.LayerList([FFNLayer(config) for _ in range(config.num_feedforward_networks - 1)])
+
+    def forward(self, hidden_states, attention_bias):                                # (B, T, H)
+        if self.use_bottleneck:
+            query_input, key_input, value_input, layer_input = self.bottleneck(hidden_states)
+        else:
+            query_input = key_input = value_input = layer_input = hidden_states
+        attention_output = self.attention(query_input, key_input, value_input, layer_input, attention_bias)
+        for ffn in self.ffn:                                                         # (B, T, I) throughout
+            attention_output = ffn(attention_output)
+        intermediate = self.intermediate(attention_output)
+        return self.output(intermediate, attention_output, hidden_states)           # (B, T, H)
+
+
+class MobileBertEncoder(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.layer = nn.LayerList([MobileBertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden_states, attention_bias, output_hidden_states: bool = False):
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, attention_bias)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+        return hidden_states, all_hidden_states
+
+
+class MobileBertPooler(nn.Layer):
+    """[CLS] vector, through dense + tanh when classifier_activation (the released checkpoint
+    has classifier_activation false and no pooler weights)."""
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.do_activate = config.classifier_activation
+        if self.do_activate:
+            self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        first_token = hidden_states[:, 0]                                            # (B, H)
+        return paddle.tanh(self.dense(first_token)) if self.do_activate else first_token
+
+
+def attention_bias_from_mask(attention_mask, dtype):
+    """(B, T) mask of 1 = attend, 0 = padding -> additive (B, 1, 1, T) bias: 0 or dtype minimum."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask.astype(dtype).unsqueeze([1, 2])
+    return (1.0 - mask) * paddle.finfo(dtype).min
+
+
+# ----------------------------------------------------------------------------------------
+# Loading and saving (the formats live in convert.py)
+# ----------------------------------------------------------------------------------------
+
+class MobileBertPreTrainedModel(nn.Layer):
+    """Shared base: weight initialisation as HF's, from_pretrained / save_pretrained."""
+
+    base_model_prefix = "mobilebert"
+    architecture: str = ""
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self) -> None:
+        """Normal(0, initializer_range) for Linear and Embedding weights, zero biases, unit
+        norms: the same scheme as HF, so a new head starts where HF's would."""
+        normal = nn.initializer.Normal(mean=0.0, std=self.config.initializer_range)
+        zeros, ones = nn.initializer.Constant(0.0), nn.initializer.Constant(1.0)
+        for layer in self.sublayers(include_self=True):
+            if isinstance(layer, nn.Linear):
+                normal(layer.weight)
+                if layer.bias is not None:
+                    zeros(layer.bias)
+            elif isinstance(layer, nn.Embedding):
+                normal(layer.weight)
+            elif isinstance(layer, (nn.LayerNorm, NoNorm)):
+                ones(layer.weight)
+                zeros(layer.bias)
+            elif isinstance(layer, MobileBertLMPredictionHead):
+                zeros(layer.bias)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, config: Optional[MobileBertConfig] = None,
+                        **config_changes):
+        """Load from a Paddle model dir, a HuggingFace dir or a hub id (see convert.load_pretrained).
+
+        Head weights missing from the checkpoint (e.g. a QA head on the base model) are
+        initialised and listed in a warning, as HF does; `config_changes` (e.g. id2label)
+        update the stored config first.
+        """
+        from .convert import load_pretrained  # convert.py imports this module
+
+        stored_config, state_dict = load_pretrained(source)
+        config = (config or stored_config).replace(**config_changes) if config_changes else (config or stored_config)
+        config.architectures = [cls.architecture]
+        model = cls(config)
+        model.load_converted_state_dict(state_dict, source=str(source))
+        return model
+
+    def load_converted_state_dict(self, state_dict: dict, source: str = "checkpoint") -> None:
+        from .convert import match_state_dict
+
+        matched, newly_initialised = match_state_dict(self, state_dict, source)
+        self.set_state_dict(matched)
+        if newly_initialised:
+            logger.warning("%s: %d weights not in the checkpoint were newly initialised: %s",
+                           source, len(newly_initialised), ", ".join(sorted(newly_initialised)))
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+        from .convert import save_paddle_model_dir
+
+        save_paddle_model_dir(self, directory, tokenizer=tokenizer)
+
+
+class MobileBertEncoderOutput(NamedTuple):
+    sequence_output: paddle.Tensor          # (B, T, H)
+    pooled_output: Optional[paddle.Tensor]  # (B, H), None without a pooler
+    hidden_states: Optional[list]           # embeddings + every layer's output, with output_hidden_states
+
+
+class MobileBertModel(MobileBertPreTrainedModel):
+    architecture = "MobileBertModel"
+
+    def __init__(self, config: MobileBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = MobileBertEmbeddings(config)
+        self.encoder = MobileBertEncoder(config)
+        self.pooler = MobileBertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+                output_hidden_states: bool = False) -> MobileBertEncoderOutput:
+        embeddings = self.embeddings(input_ids, token_type_ids, position_ids, attention_mask)  # (B, T, H)
+        attention_bias = attention_bias_from_mask(attention_mask, embeddings.dtype)
+        sequence_output, hidden_states = self.encoder(embeddings, attention_bias, output_hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return MobileBertEncoderOutput(sequence_output, pooled_output, hidden_states)
+
+
+# ----------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------
+
+class MobileBertPredictionHeadTransform(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = activation(config.hidden_act)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)  # always a real LayerNorm
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.activation(self.dense(hidden_states)))
+
+
+class MobileBertLMPredictionHead(nn.Layer):
+    """MLM output layer. The vocabulary projection is H wide but the word embeddings only
+    128: the first 128 rows are the (tied) word embeddings, the other H - 128 rows are
+    `dense`'s own weight. `dense` keeps HF's odd shape, Linear(vocab -> H - 128), and is
+    only ever used through its weight."""
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.transform = MobileBertPredictionHeadTransform(config)
+        self.dense = nn.Linear(config.vocab_size, config.hidden_size - config.embedding_size, bias_attr=False)
+        self.bias = self.create_parameter([config.vocab_size], is_bias=True,
+                                          default_initializer=nn.initializer.Constant(0.0))
+
+    def forward(self, hidden_states, word_embeddings):
+        hidden_states = self.transform(hidden_states)                                 # (B, T, H)
+        output_weight = paddle.concat([word_embeddings, self.dense.weight], axis=1)   # (V, 128 + H - 128)
+        return paddle.matmul(hidden_states, output_weight, transpose_y=True) + self.bias  # (B, T, V)
+
+
+class MobileBertOnlyMLMHead(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.predictions = MobileBertLMPredictionHead(config)
+
+
+class MobileBertPreTrainingHeads(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.predictions = MobileBertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+class MobileBertOnlyNSPHead(nn.Layer):
+    def __init__(self, config: MobileBertConfig):
+        super().__init__()
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+class PreTrainingOutput(NamedTuple):
+    prediction_logits: paddle.Tensor       # (B, T, V)
+    seq_relationship_logits: paddle.Tensor  # (B, 2)
+
+
+class QuestionAnsweringOutput(NamedTuple):
+    start_logits: paddle.Tensor  # (B, T)
+    end_logits: paddle.Tensor    # (B, T)
+
+
+class MobileBertForMaskedLM(MobileBertPreTrainedModel):
+    architecture = "MobileBertForMaskedLM"
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__(config)
+        self.mobilebert = MobileBertModel(config, add_pooling_layer=False)
+        self.cls = MobileBertOnlyMLMHead(config)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
+        sequence_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).sequence_output
+        return self.cls.predictions(sequence_output, self.mobilebert.embeddings.word_embeddings.weight)
+
+
+class MobileBertForPreTraining(MobileBertPreTrainedModel):
+    architecture = "MobileBertForPreTraining"
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__(config)
+        self.mobilebert = MobileBertModel(config)
+        self.cls = MobileBertPreTrainingHeads(config)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None) -> PreTrainingOutput:
+        sequence_output, pooled_output, _ = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids)
+        word_embeddings = self.mobilebert.embeddings.word_embeddings.weight
+        return PreTrainingOutput(self.cls.predictions(sequence_output, word_embeddings),
+                                 self.cls.seq_relationship(pooled_output))
+
+
+class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
+    architecture = "MobileBertForNextSentencePrediction"
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__(config)
+        self.mobilebert = MobileBertModel(config)
+        self.cls = MobileBertOnlyNSPHead(config)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
+        pooled_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).pooled_output
+        return self.cls.seq_relationship(pooled_output)                             # (B, 2)
+
+
+class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
+    """Classification over the pooled [CLS] vector; regression when num_labels == 1."""
+
+    architecture = "MobileBertForSequenceClassification"
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__(config)
+        self.mobilebert = MobileBertModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
+        pooled_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).pooled_output
+        return self.classifier(self.dropout(pooled_output))                         # (B, num_labels)
+
+
+class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
+    architecture = "MobileBertForQuestionAnswering"
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__(config)
+        self.mobilebert = MobileBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                position_ids=None) -> QuestionAnsweringOutput:
+        sequence_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).sequence_output
+        logits = self.qa_outputs(sequence_output)                                    # (B, T, 2)
+        return QuestionAnsweringOutput(logits[:, :, 0], logits[:, :, 1])
+
+
+class MobileBertForTokenClassification(MobileBertPreTrainedModel):
+    architecture = "MobileBertForTokenClassification"
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__(config)
+        self.mobilebert = MobileBertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
+        sequence_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).sequence_output
+        return self.classifier(self.dropout(sequence_output))                       # (B, T, num_labels)
+
+
+class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
+    """Inputs are (B, C, T): C candidate continuations per example, each scored from its [CLS]."""
+
+    architecture = "MobileBertForMultipleChoice"
+
+    def __init__(self, config: MobileBertConfig):
+        super().__init__(config)
+        self.mobilebert = MobileBertModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
+        num_choices = input_ids.shape[1]
+
+        def flatten(tensor):  # (B, C, T) -> (B * C, T)
+            return None if tensor is None else tensor.reshape([-1, tensor.shape[-1]])
+
+        pooled_output = self.mobilebert(flatten(input_ids), flatten(token_type_ids), flatten(attention_mask),
+                                        flatten(position_ids)).pooled_output
+        return self.classifier(self.dropout(pooled_output)).reshape([-1, num_choices])  # (B, C)
+
+
+HEADS = {cls.architecture: cls for cls in (
+    MobileBertModel, MobileBertForMaskedLM, MobileBertForPreTraining, MobileBertForNextSentencePrediction,
+    MobileBertForSequenceClassification, MobileBertForQuestionAnswering, MobileBertForTokenClassification,
+    MobileBertForMultipleChoice)}

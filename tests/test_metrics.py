@@ -14,7 +14,7 @@ import pytest
 
 from mobilebert_paddle import metrics
 from mobilebert_paddle.errors import UserInputError
-from mobilebert_paddle.metrics import (answer_f1, apply_na_threshold, find_best_threshold, glue_metrics,
+from mobilebert_paddle.metrics import (answer_f1, apply_na_threshold, glue_metrics,
                                        normalize_answer, raw_squad_scores, squad_evaluate, squad_gold_answers,
                                        summarize)
 
@@ -187,7 +187,8 @@ def test_bad_predictions_or_probabilities(predictions, na_probs, message):
     ({"version": "1"}, "no 'data' key"),
     ({"data": [{"title": "t"}]}, "article 0: missing 'paragraphs'"),
     ({"data": [{"paragraphs": [{"qas": [{"answers": []}]}]}]}, "article 0 paragraph 0 question 0: missing 'id'"),
-    ({"data": [{"paragraphs": [{"qas": [{"id": "q9", "answers": [{"start": 1}]}]}]}]}, "question q9 answer 0: missing 'text'"),
+    ({"data": [{"paragraphs": [{"qas": [{"id": "q9", "answers": [{"start": 1}]}]}]}]},
+     "question q9 answer 0: missing 'text'"),
     ({"data": [{"paragraphs": [{"qas": [{"id": 7, "answers": []}]}]}]}, "'id' must be a string"),
 ])
 def test_bad_dataset(dataset, message):
@@ -392,7 +393,8 @@ def test_correlations_match_scipy(seed):
     labels = np.round(rng.uniform(0, 5, 200), 1)            # STS-B-like scores, many ties
     predictions = labels + rng.normal(0, 1.5, 200)
     tied_predictions = np.round(predictions)                 # ties on both sides
-    assert metrics.pearson(predictions, labels) == pytest.approx(scipy_stats.pearsonr(predictions, labels)[0], abs=1e-12)
+    assert metrics.pearson(predictions, labels) == pytest.approx(
+        scipy_stats.pearsonr(predictions, labels)[0], abs=1e-12)
     assert metrics.spearman(predictions, labels) == pytest.approx(
         scipy_stats.spearmanr(predictions, labels)[0], abs=1e-12)
     assert metrics.spearman(tied_predictions, labels) == pytest.approx(

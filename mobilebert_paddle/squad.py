@@ -217,9 +217,13 @@ def build_features(examples: Sequence[SquadExample], tokenizer: MobileBertTokeni
     context_index, contexts = _distinct(example.context for example in examples)
     questions = _TokenTable(tokenizer.encode_plain_batch([example.question.lstrip() for example in examples]),
                             limit=max_query_length)
+    if questions.cut_count:
+        logger.info("%d question(s) longer than max_query_length=%d tokens keep their first %d tokens",
+                    questions.cut_count, max_query_length, max_query_length)
     context_tokens = _TokenTable(tokenizer.encode_plain_batch(contexts), with_offsets=True)
     windows = _plan_windows(questions.lengths, context_tokens.lengths[context_index], max_seq_length, doc_stride)
-    windows["context_token_start"] = context_tokens.starts[context_index[windows["example_index"]]] + windows["context_offset"]
+    window_context = context_index[windows["example_index"]]                        # (N,)
+    windows["context_token_start"] = context_tokens.starts[window_context] + windows["context_offset"]
     arrays = _assemble_windows(windows, questions, context_tokens, tokenizer, max_seq_length)
     arrays["example_index"] = windows["example_index"]
     if training:
@@ -248,7 +252,9 @@ class _TokenTable:
     """Token ids (and offsets) of many texts concatenated: text i is tokens[starts[i]:starts[i] + lengths[i]]."""
 
     def __init__(self, encodings: list, limit: int | None = None, with_offsets: bool = False):
-        id_lists = [encoding.ids[:limit] for encoding in encodings]
+        id_lists = [encoding.ids for encoding in encodings]
+        self.cut_count = sum(len(ids) > limit for ids in id_lists) if limit is not None else 0
+        id_lists = [ids[:limit] for ids in id_lists] if self.cut_count else id_lists
         self.lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
         total = int(self.lengths.sum())

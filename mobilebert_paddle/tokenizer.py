@@ -162,7 +162,8 @@ class MobileBertTokenizer:
             return cls.from_tokenizer_json(directory / TOKENIZER_JSON_NAME, model_max_length=model_max_length,
                                            special_tokens=special_tokens)
         if not (directory / VOCAB_NAME).is_file():
-            raise UserInputError(f"{directory}: no {TOKENIZER_JSON_NAME} or {VOCAB_NAME} found (not a tokenizer directory)")
+            raise UserInputError(f"{directory}: no {TOKENIZER_JSON_NAME} or {VOCAB_NAME} found "
+                                 "(not a tokenizer directory)")
         return cls(directory / VOCAB_NAME, do_lower_case=bool(config.get("do_lower_case", True)),
                    tokenize_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
                    strip_accents=config.get("strip_accents"), model_max_length=model_max_length,

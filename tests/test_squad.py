@@ -49,7 +49,8 @@ def run_qa_windows(reference, examples, max_seq_length, doc_stride):
     return {"input_ids": np.array(encoded["input_ids"]), "token_type_ids": np.array(encoded["token_type_ids"]),
             "attention_mask": np.array(encoded["attention_mask"]), "offset_mapping": offsets,
             "example_index": np.array(encoded["overflow_to_sample_mapping"]),
-            "raw_offsets": encoded["offset_mapping"], "sequence_ids": [encoded.sequence_ids(i) for i in range(len(offsets))]}
+            "raw_offsets": encoded["offset_mapping"],
+            "sequence_ids": [encoded.sequence_ids(i) for i in range(len(offsets))]}
 
 
 def run_qa_labels(examples, windows):
@@ -287,7 +288,8 @@ def test_read_toy_file(tmp_path):
      r"question q1 \(data\[0\].paragraphs\[0\]\): missing key 'context'"),
     (toy_dataset(context="  \n"), "question q1 .*: empty context"),
     (toy_dataset(qa={"answers": [{"text": "Paris"}]}), "question q1 answer: missing key 'answer_start'"),
-    (toy_dataset(qa={"answers": [{"text": "Paris", "answer_start": "68"}]}), "question q1 answer: 'answer_start' should be int"),
+    (toy_dataset(qa={"answers": [{"text": "Paris", "answer_start": "65"}]}),
+     "question q1 answer: 'answer_start' should be int"),
     (toy_dataset(qa={"id": "q2"}), "question q2: the id occurs more than once"),
     (toy_dataset(qa={"question": "  "}), "question q1: empty question"),
 ])

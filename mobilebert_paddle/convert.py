@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import pickle
@@ -31,7 +32,7 @@ import numpy as np
 
 from .config import CONFIG_NAME, MobileBertConfig
 from .errors import UserInputError
-from .files import atomic_directory, read_json
+from .files import atomic_directory, ensure_writable_dir, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,13 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Which weights are Linear weights (and so transposed)
 # ----------------------------------------------------------------------------------------
 
+# Every encoder layer has the same structure: names are collected from a one-layer model and
+# any layer index is read as layer 0 (24x less to build for the real checkpoint).
+LAYER_INDEX = re.compile(r"(encoder\.layer\.)\d+\.")
+
+
 def _config_key(config: MobileBertConfig) -> str:
-    return config.to_json_string()
+    return config.replace(num_hidden_layers=1).to_json_string()
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,7 +70,7 @@ def _linear_weight_names(config_json: str) -> frozenset:
 
     from .model import HEADS
 
-    config = MobileBertConfig.from_dict(__import__("json").loads(config_json))
+    config = MobileBertConfig.from_dict(json.loads(config_json))
     names = set()
     with paddle.LazyGuard():  # structure only: no parameter memory, no initialisation
         for head in HEADS.values():
@@ -77,6 +83,7 @@ def _linear_weight_names(config_json: str) -> frozenset:
 
 def is_linear_weight(key: str, config: MobileBertConfig) -> bool:
     names = _linear_weight_names(_config_key(config))
+    key = LAYER_INDEX.sub(r"\g<1>0.", key)
     return key in names or f"mobilebert.{key}" in names
 
 
@@ -114,6 +121,17 @@ def read_safetensors(path: Path) -> Tuple[StateDict, dict]:
         raise UserInputError(f"{path}: unsupported tensor type for numpy: {error}") from None
 
 
+def read_safetensors_metadata(path: Path) -> dict:
+    """The metadata of a safetensors file (header only; no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserInputError(f"{path}: unreadable safetensors file (truncated or corrupt?): {error}") from None
+
+
 def read_torch_bin(path: Path) -> StateDict:
     try:
         import torch
@@ -123,9 +141,19 @@ def read_torch_bin(path: Path) -> StateDict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickle arbitrary code
     except Exception as error:  # torch raises many types for bad files
-        raise UserInputError(f"{path}: unreadable PyTorch weights ({type(error).__name__}: {error})") from None
+        raise UserInputError(f"{path}: unreadable PyTorch weights ({torch_load_reason(error)})") from None
     return {key: value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()
             for key, value in state.items()}
+
+
+def torch_load_reason(error: Exception) -> str:
+    """torch.load's multi-line error as one short clause (without its advice to drop weights_only)."""
+    text = " ".join(str(error).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].split(" Check the documentation")[0].strip()
+        return f"holds more than tensors, refused by weights_only loading: {detail[:200]}"
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -205,13 +233,26 @@ def download_from_hub(repo_id: str) -> Path:
         directory = Path(snapshot_download(repo_id, allow_patterns=patterns))
         if not any(directory.glob("*.safetensors")):  # older repos only have pytorch_model.bin
             directory = Path(snapshot_download(repo_id, allow_patterns=[HF_BIN_NAME, HF_BIN_INDEX]))
-    except Exception as error:  # offline, unknown repo, auth: all end the same way for the user
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(
-            f"{repo_id}: cannot download from the HuggingFace hub ({reason[:160]}). Offline? Download "
-            f"config.json, model.safetensors (or pytorch_model.bin) and vocab.txt from "
-            f"https://huggingface.co/{repo_id} into a directory and pass that directory instead") from None
+    except Exception as error:  # offline, unknown repo, auth: each ends in one line for the user
+        raise UserInputError(hub_error_message(repo_id, error)) from None
     return directory
+
+
+def hub_error_message(repo_id: str, error: Exception) -> str:
+    """One line saying why a hub download failed and what to do instead."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    manual = (f"download config.json, model.safetensors (or pytorch_model.bin) and vocab.txt from "
+              f"https://huggingface.co/{repo_id} into a directory and pass that directory instead")
+    if isinstance(error, LocalEntryNotFoundError):  # offline (HF_HUB_OFFLINE or no network) and not cached
+        return (f"{repo_id}: not a local directory, not in the HuggingFace cache, and the hub is unreachable "
+                f"(offline?); {manual}")
+    if isinstance(error, GatedRepoError):
+        return f"{repo_id}: the hub repository is gated; accept its terms and log in (hf auth login), or {manual}"
+    if isinstance(error, RepositoryNotFoundError):
+        return f"{repo_id}: neither a local directory nor a model on the HuggingFace hub (private? log in first)"
+    first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return f"{repo_id}: cannot download from the HuggingFace hub ({first_line.strip()[:200]}); {manual}"
 
 
 def load_pretrained(source: str | os.PathLike) -> Tuple[MobileBertConfig, StateDict]:
@@ -222,8 +263,19 @@ def load_pretrained(source: str | os.PathLike) -> Tuple[MobileBertConfig, StateD
     config = MobileBertConfig.from_pretrained(directory)
     state, layout = read_weights(directory)
     if layout == "hf":
+        check_decoder_tied(state, config, directory)
         state = hf_to_paddle(state, config)
     return config, state
+
+
+def check_decoder_tied(hf_state: StateDict, config: MobileBertConfig, directory: Path) -> None:
+    """The Paddle MLM head always uses the word embeddings (and cls.predictions.bias) as its
+    decoder, as HF does when tie_word_embeddings is true (stored decoder copies are then
+    ignored by HF too). An untied checkpoint carries its own decoder, which would be lost."""
+    stored = [key for key in hf_state if key.endswith(TIED_OR_DERIVED_KEYS[:2])]
+    if stored and not config.tie_word_embeddings:
+        raise UserInputError(f"{directory}: tie_word_embeddings is false and the checkpoint has its own MLM "
+                             f"decoder ({', '.join(sorted(stored))}); only tied decoders are supported")
 
 
 def tokenizer_source(source: str | os.PathLike) -> Path:
@@ -307,12 +359,9 @@ def model_state_numpy(model) -> StateDict:
 def save_paddle_model_dir(model, directory: str | os.PathLike, tokenizer=None,
                           tokenizer_from: str | os.PathLike | None = None) -> None:
     """Write config.json, model.safetensors (Paddle layout) and tokenizer files, atomically."""
-    from safetensors.numpy import save_file
-
     with atomic_directory(directory) as staging:
         model.config.architectures = [type(model).architecture]
-        model.config.save_pretrained(staging)
-        save_file(model_state_numpy(model), str(staging / WEIGHTS_NAME), metadata=PADDLE_FORMAT)
+        write_model_files(staging, model.config, model_state_numpy(model), PADDLE_FORMAT)
         _write_tokenizer(staging, tokenizer, tokenizer_from)
 
 
@@ -364,28 +413,56 @@ def infer_architecture(state: StateDict) -> str:
     return "MobileBertModel"
 
 
+def check_destination(destination: Path) -> None:
+    """Fail before any work if `destination` cannot be (or must not be) replaced.
+
+    atomic_directory swaps the whole directory, so only an empty directory or a model
+    directory (one with config.json) may be replaced; the nearest existing ancestor must be
+    a writable directory (probed, nothing left behind)."""
+    if destination.exists():
+        if not destination.is_dir():
+            raise UserInputError(f"{destination}: exists and is not a directory; refusing to replace it")
+        if any(destination.iterdir()) and not (destination / CONFIG_NAME).is_file():
+            raise UserInputError(f"{destination}: exists, is not empty and holds no {CONFIG_NAME}; "
+                                 "refusing to replace a directory that is not a model directory")
+    ancestor = next(path for path in destination.absolute().parents if path.exists())
+    if not ancestor.is_dir():
+        raise UserInputError(f"{destination}: cannot create it, {ancestor} is a file")
+    ensure_writable_dir(ancestor)
+
+
 def convert(source: str | os.PathLike, destination: str | os.PathLike, to: str = "paddle") -> dict:
-    """HF (dir or hub id) -> Paddle model dir, or Paddle model dir -> HF dir with to="hf"."""
+    """HF (dir or hub id) -> Paddle model dir, or Paddle model dir -> HF dir with to="hf".
+
+    Every check (destination, source, config against weights) runs before anything is
+    written; the destination then appears complete in one rename, or not at all."""
+    destination = Path(destination)
+    check_destination(destination)
     directory = resolve_source(source)
     config, state = load_pretrained(directory)
-    model = build_model(config, state)
+    import paddle
+
+    with paddle.LazyGuard():  # only names, shapes and dtypes are needed: skip allocation and init
+        model = build_model(config, state)
     loadable, _ = match_state_dict(model, state, str(directory), strict=True)
     config.architectures = [type(model).architecture]
-    with atomic_directory(destination) as staging:
-        if to == "hf":
-            from safetensors.numpy import save_file
-
-            config.save_pretrained(staging)
-            save_file(paddle_to_hf(loadable, config), str(staging / WEIGHTS_NAME), metadata=HF_FORMAT)
-        else:
-            from safetensors.numpy import save_file
-
-            config.save_pretrained(staging)
-            save_file(loadable, str(staging / WEIGHTS_NAME), metadata=PADDLE_FORMAT)
-        tokenizer_files = copy_tokenizer_files(directory, staging)
+    weights = paddle_to_hf(loadable, config) if to == "hf" else loadable
+    try:
+        with atomic_directory(destination) as staging:
+            write_model_files(staging, config, weights, HF_FORMAT if to == "hf" else PADDLE_FORMAT)
+            tokenizer_files = copy_tokenizer_files(directory, staging)
+    except OSError as error:  # disk full, permissions changed under us: the staging dir is gone
+        raise UserInputError(f"{destination}: cannot write ({error.strerror or error})") from None
     return {"source": str(source), "destination": str(destination), "format": to,
             "architecture": config.architectures[0], "tensors": len(loadable),
             "parameters": int(sum(value.size for value in loadable.values())), "tokenizer_files": tokenizer_files}
+
+
+def write_model_files(directory: Path, config: MobileBertConfig, weights: StateDict, metadata: dict) -> None:
+    from safetensors.numpy import save_file
+
+    config.save_pretrained(directory)
+    save_file(weights, str(directory / WEIGHTS_NAME), metadata=metadata)
 
 
 # ----------------------------------------------------------------------------------------

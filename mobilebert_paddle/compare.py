@@ -323,7 +323,7 @@ def compare(hf_source: str, paddle_source: str, texts: Sequence[str] = DEFAULT_T
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hf_source", metavar="HF_SRC", help="HuggingFace checkpoint: model dir or hub id")
     parser.add_argument("paddle_dir", metavar="PADDLE_DIR", help="Paddle model dir (e.g. from `mobilebert convert`)")
-    parser.add_argument("--text", action="append", metavar="T", default=None,
+    parser.add_argument("--text", action="append", metavar="T", default=argparse.SUPPRESS,
                         help=f"text to run, repeatable; 'question{PAIR_SEPARATOR}context' is a pair "
                              f"(default: {len(DEFAULT_TEXTS)} built-in English texts and question/context pairs)")
     parser.add_argument("--tolerance", type=float, default=1e-5,
@@ -332,7 +332,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> tuple[dict, int]:
-    texts = args.text or list(DEFAULT_TEXTS)
+    texts = getattr(args, "text", None) or list(DEFAULT_TEXTS)  # SUPPRESS: absent unless given
     if any(not text.strip() for text in texts):
         raise UserInputError("--text: empty text")
     summary = compare(args.hf_source, args.paddle_dir, texts, args.tolerance, args.layers)

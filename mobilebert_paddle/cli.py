@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import NamedTuple
 
 from .errors import UserInputError
@@ -62,6 +63,11 @@ def use_all_cores() -> None:
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
 
 
+def quiet_imports() -> None:
+    """Paddle's import warns about a missing compiler cache (irrelevant to this tool)."""
+    warnings.filterwarnings("ignore", message="No ccache found")
+
+
 def build_parser(command_name: str | None) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="mobilebert", description="MobileBERT in PaddlePaddle.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
@@ -77,6 +83,7 @@ def build_parser(command_name: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     use_all_cores()
+    quiet_imports()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     command_name = next((arg for arg in argv if not arg.startswith("-")), None)

@@ -30,11 +30,20 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def _default_mode(directory: bool) -> int:
+    """The mode a plain open()/mkdir() would give under the current umask (mkstemp and
+    mkdtemp use 0600/0700, which would hide written models from other users)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp_name, _default_mode(directory=False))
         with os.fdopen(handle, "wb") as tmp:
             tmp.write(data)
             tmp.flush()
@@ -66,6 +75,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(target)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    os.chmod(staging, _default_mode(directory=True))
     try:
         yield staging
     except BaseException:

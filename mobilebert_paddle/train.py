@@ -1,0 +1,721 @@
+"""`mobilebert finetune`: the one training loop, for every task of tasks.py.
+
+The loop knows nothing about SQuAD or GLUE: the task gives rows (numpy arrays), a per-row
+loss and a scorer. What the loop adds is what a run needs to be trusted:
+
+* the MobileBert_paddle recipe as defaults (AdamW 0.9/0.98/1e-6, decay 0.1 off biases and
+  norms, lr 8e-5, batch 64, 6 epochs, 10% warmup then cosine to min_lr at decay_ratio, seed 42);
+* the attention mask passed at every step (the reproduction we replace trained without it);
+* `--batch-size` is the *global* batch of one optimizer step. Each epoch's order depends on
+  the seed and the epoch only, global batch k is the same rows for any number of processes,
+  and each process takes an equal slice of it (then splits that for gradient accumulation);
+  the loss is sum / rows-in-the-global-batch, so 1 process and N processes (DataParallel
+  averages gradients) compute the same update;
+* exact resume: last/ holds the model, the optimizer moments (by parameter name), the
+  scheduler, the RNG states of every process and the step (which fixes the data position);
+  checkpoints are written atomically (files.atomic_directory), so a kill at any moment
+  leaves the previous one intact;
+* a guard: a non-finite loss or gradient norm stops the run naming the step (or, with
+  --skip-nonfinite, skips that update); a model with non-finite weights is never saved;
+* evaluation through evaluation.evaluate_task (the code path of `mobilebert evaluate`),
+  best-checkpoint selection on the task's main metric, metrics.jsonl + VisualDL scalars,
+  a tqdm bar on stderr, a JSON summary at the end.
+
+Data parallel: `python -m paddle.distributed.launch --devices 0,1,2,3 $(which mobilebert) finetune ...`
+(GPUs, NCCL) or `--nproc_per_node 2` on CPU (gloo). Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from paddle.io import DistributedBatchSampler
+
+from .errors import UserInputError
+from .evaluation import (add_task_settings_arguments, check_sequence_length, eager_predictor, evaluate_task,
+                         select_device, write_evaluation)
+from .files import atomic_directory, atomic_write_json, atomic_write_text, ensure_writable_dir, read_json, recover_directory
+from .tasks import (MODEL_INPUT_NAMES, TASK_NAMES, Task, TaskSettings, dev_sources, get_task, load_eval_sets,
+                    read_train_examples, recipe_table)
+
+logger = logging.getLogger(__name__)
+
+FP16_REFUSAL = ("--amp fp16 is refused: MobileBERT's activations reach ~1e7, far beyond fp16's largest value "
+                "(65504), so they overflow to inf; use --amp bf16 (fp32's range) on a GPU, or the fp32 default")
+CHECKPOINT_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.safetensors"
+# Values that must not change when a run is resumed (they fix the data order and the schedule).
+RESUME_INVARIANTS = ("task", "batch_size", "seed", "train_rows", "total_steps", "steps_per_epoch")
+
+
+class NonFiniteLossError(UserInputError):
+    """Training produced a non-finite loss or gradient: one line naming the step, exit 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Flags
+# --------------------------------------------------------------------------------------------
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Per-task recipe defaults: " + recipe_table() + "."
+    parser.add_argument("task", choices=TASK_NAMES, help="what to fine-tune for")
+    parser.add_argument("--model", required=True,
+                        help="starting point: Paddle model dir, HF dir or hub id (e.g. google/mobilebert-uncased)")
+    parser.add_argument("--output", required=True,
+                        help="run dir: best/, last/, train_config.json, metrics.jsonl, vdl/")
+    data = parser.add_argument_group("data")
+    # --train-file: under paddle.distributed.launch, whose parser takes --train for its --trainers.
+    data.add_argument("--train", "--train-file", dest="train", help="training file: SQuAD JSON or GLUE train.tsv")
+    data.add_argument("--dev", nargs="+", metavar="FILE",
+                      help="dev file(s) evaluated during training (MNLI: dev_matched.tsv dev_mismatched.tsv)")
+    data.add_argument("--data-dir", help="directory in the distributed layout (train-v1.1.json / dev-v1.1.json, "
+                                         "GLUE's train.tsv / dev*.tsv, or glue_data/<TASK>/...)")
+    data.add_argument("--data", choices=("files", "hub"), default="files",
+                      help="hub: the task's HF hub dataset (needs the optional `datasets` package and a connection)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--learning-rate", type=float, default=8e-5, help="peak learning rate")
+    optim.add_argument("--batch-size", type=int, default=64,
+                       help="global batch of one optimizer step, over all processes and accumulation steps")
+    optim.add_argument("--epochs", type=float, default=6.0, help="passes over the training rows")
+    optim.add_argument("--max-steps", type=int, default=0,
+                       help="optimizer steps to run instead of --epochs (0: from --epochs); the schedule spans them")
+    optim.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of the steps with linear warmup from 0")
+    optim.add_argument("--warmup-steps", type=int, default=None, help="warmup steps, overriding --warmup-ratio%(default).0s")
+    optim.add_argument("--schedule", choices=("cosine", "linear"), default="cosine",
+                       help="shape of the decay from the peak to --min-lr after warmup "
+                            "(linear with --min-lr 0 --decay-ratio 1 is HF's linear schedule)")
+    optim.add_argument("--min-lr", type=float, default=None,
+                       help="learning rate reached at --decay-ratio and kept [default: 1e-6 squad1, 5e-7 others]%(default).0s")
+    optim.add_argument("--decay-ratio", type=float, default=None,
+                       help="fraction of the steps at which the decay reaches --min-lr "
+                            "[default: 0.7 squad1, 0.9 others]%(default).0s")
+    optim.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay (never on biases or norms)")
+    optim.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW first-moment decay")
+    optim.add_argument("--adam-beta2", type=float, default=0.98, help="AdamW second-moment decay")
+    optim.add_argument("--adam-epsilon", type=float, default=1e-6, help="AdamW denominator epsilon")
+    optim.add_argument("--max-grad-norm", type=float, default=0.0,
+                       help="clip the global gradient norm to this; 0 = no clipping (the recipe did not clip)")
+    optim.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                       help="forward/backward passes each process splits its share of a batch into")
+    optim.add_argument("--seed", type=int, default=42, help="fixes head initialisation, data order and dropout")
+    optim.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                       help="mixed precision: bf16 on a GPU; fp16 is refused (MobileBERT's activations overflow it)")
+    optim.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip an update whose loss or gradient is not finite, instead of stopping the run")
+    add_task_settings_arguments(parser)
+    run = parser.add_argument_group("evaluation, checkpoints, logs")
+    run.add_argument("--logging-steps", type=int, default=30, help="steps per metrics.jsonl / VisualDL train line")
+    run.add_argument("--eval-steps", type=int, default=None,
+                     help="evaluate on dev every N steps, 0 = after every epoch (always at the end) "
+                          "[default: 240 squad1/mnli/qqp/qnli/sst2, 120 squad2, 0 other GLUE tasks]%(default).0s")
+    run.add_argument("--save-steps", type=int, default=0,
+                     help="write the resumable last/ every N steps; 0 = at every evaluation (always at the end)")
+    run.add_argument("--eval-batch-size", type=int, default=64, help="rows per forward pass in evaluation")
+    run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: gpu when available")
+    run.add_argument("--resume", action="store_true",
+                     help="continue exactly from OUTPUT/last (starts afresh when there is none)")
+    run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUTPUT instead of refusing")
+
+
+def parse_finetune_args(argv: list[str]) -> argparse.Namespace:
+    """The finetune flags parsed as the CLI parses them (for Python callers and tests)."""
+    parser = argparse.ArgumentParser(prog="mobilebert finetune")
+    add_finetune_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace, task: Task) -> argparse.Namespace:
+    """The flags with the task's recipe filled in, checked (bad values are UserInputErrors)."""
+    config = argparse.Namespace(**vars(args))
+    recipe = task.recipe
+    for name, default in (("min_lr", recipe.min_lr), ("decay_ratio", recipe.decay_ratio),
+                          ("eval_steps", recipe.eval_steps), ("max_seq_length", recipe.max_seq_length),
+                          ("null_score_diff_threshold", recipe.null_score_diff_threshold)):
+        if getattr(config, name, None) is None:
+            setattr(config, name, default)
+    if config.amp == "fp16":
+        raise UserInputError(FP16_REFUSAL)
+    for name in ("learning_rate", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "logging_steps"):
+        if getattr(config, name) <= 0:
+            raise UserInputError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    for name in ("max_steps", "save_steps", "eval_steps", "max_grad_norm", "weight_decay", "min_lr"):
+        if getattr(config, name) < 0:
+            raise UserInputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if config.max_steps == 0 and config.epochs <= 0:
+        raise UserInputError(f"--epochs must be positive (or give --max-steps), got {config.epochs}")
+    if not 0 <= config.warmup_ratio <= 1 or not 0 < config.decay_ratio <= 1:
+        raise UserInputError("--warmup-ratio must be in [0, 1] and --decay-ratio in (0, 1]")
+    if config.min_lr > config.learning_rate:
+        raise UserInputError(f"--min-lr {config.min_lr} is above the peak --learning-rate {config.learning_rate}")
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Data order, schedule, optimizer
+# --------------------------------------------------------------------------------------------
+
+class GlobalBatchSampler(DistributedBatchSampler):
+    """Batches that do not depend on the number of processes.
+
+    Epoch e visits the rows in the order RandomState((seed, e)).permutation(N); global batch
+    k is rows [k*B, (k+1)*B) of that order, and process r takes the r-th of `num_replicas`
+    near-equal slices of it. A last global batch too small to give every process (and every
+    accumulation step) a row is dropped. Paddle's own sampler pads with repeated rows and
+    slices differently per world size, so 1 and N processes would not see the same batches.
+    """
+
+    def __init__(self, num_rows: int, global_batch_size: int, seed: int, num_replicas: int | None = None,
+                 rank: int | None = None, min_batch_size: int = 1):
+        super().__init__(range(num_rows), batch_size=global_batch_size, num_replicas=num_replicas, rank=rank)
+        self.num_rows, self.global_batch_size, self.seed = num_rows, global_batch_size, seed
+        self.min_batch_size = max(1, min_batch_size)
+        self.start_batch = 0
+        self.order = self.epoch_order(0)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.RandomState([self.seed, epoch]).permutation(self.num_rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch or self.order is None:
+            self.epoch, self.order = epoch, self.epoch_order(epoch)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_rows, self.global_batch_size)
+        return full + int(rest >= self.min_batch_size)
+
+    def global_batch(self, number: int) -> np.ndarray:
+        return self.order[number * self.global_batch_size:(number + 1) * self.global_batch_size]
+
+    def local_batch(self, number: int) -> np.ndarray:
+        return np.array_split(self.global_batch(number), self.nranks)[self.local_rank]
+
+    def __iter__(self):
+        for number in range(self.start_batch, len(self)):
+            yield self.local_batch(number).tolist()
+
+
+class WarmupDecaySchedule(paddle.optimizer.lr.LRScheduler):
+    """Linear warmup from 0 to the peak over `warmup_steps`, then a cosine (or linear) decay to
+    `min_lr` reached at `decay_steps`, then `min_lr` to the end (the recipe's schedule)."""
+
+    def __init__(self, peak_lr: float, min_lr: float, warmup_steps: int, decay_steps: int, shape: str = "cosine"):
+        self.peak_lr, self.min_lr, self.shape = peak_lr, min_lr, shape
+        self.warmup_steps, self.decay_steps = warmup_steps, max(decay_steps, warmup_steps)
+        super().__init__(learning_rate=peak_lr)
+
+    def get_lr(self) -> float:
+        step = self.last_epoch
+        if step < self.warmup_steps:
+            return self.peak_lr * step / self.warmup_steps
+        if step >= self.decay_steps:
+            return self.min_lr
+        progress = (step - self.warmup_steps) / (self.decay_steps - self.warmup_steps)
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.shape == "cosine" else 1.0 - progress
+        return self.min_lr + (self.peak_lr - self.min_lr) * factor
+
+
+def no_decay_parameter_names(model) -> set[str]:
+    """Paddle names of biases and of LayerNorm / NoNorm weights: AdamW does not decay them."""
+    from .model import NoNorm
+
+    names = {param.name for layer in model.sublayers(include_self=True)
+             if isinstance(layer, (paddle.nn.LayerNorm, NoNorm)) for param in layer.parameters()}
+    names.update(param.name for key, param in model.named_parameters() if key.endswith("bias"))
+    return names
+
+
+def build_optimizer(model, scheduler, config) -> paddle.optimizer.AdamW:
+    no_decay = no_decay_parameter_names(model)
+    return paddle.optimizer.AdamW(learning_rate=scheduler, beta1=config.adam_beta1, beta2=config.adam_beta2,
+                                  epsilon=config.adam_epsilon, parameters=model.parameters(),
+                                  weight_decay=config.weight_decay,
+                                  apply_decay_param_fun=lambda name: name not in no_decay)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint pieces: optimizer state by parameter name, RNG states as JSON
+# --------------------------------------------------------------------------------------------
+
+def _split_accumulator_key(key: str, parameter_names: set[str]) -> tuple[str, str] | None:
+    """"linear_3.w_0_moment1_0" -> ("linear_3.w_0", "_moment1_0"): the longest known name before an "_"."""
+    cuts = [index for index, char in enumerate(key) if char == "_"]
+    for cut in reversed(cuts):
+        if key[:cut] in parameter_names:
+            return key[:cut], key[cut:]
+    return None
+
+
+def optimizer_state_by_name(optimizer, model) -> dict[str, np.ndarray]:
+    """AdamW accumulators keyed by the model's parameter paths instead of Paddle's per-process
+    unique names (linear_57.w_0 depends on how many layers the process built before)."""
+    path_of = {param.name: path for path, param in model.named_parameters()}
+    state = {}
+    for key, value in optimizer.state_dict().items():
+        if not isinstance(value, paddle.Tensor):
+            continue  # the LR_Scheduler dict is saved with the trainer state
+        parts = _split_accumulator_key(key, set(path_of))
+        if parts is None:
+            raise RuntimeError(f"optimizer state {key!r} belongs to no model parameter")
+        state[path_of[parts[0]] + parts[1]] = np.ascontiguousarray(value.numpy())
+    return state
+
+
+def load_optimizer_state(optimizer, model, state: dict[str, np.ndarray], scheduler_state: dict, source: Path) -> None:
+    """Inverse of optimizer_state_by_name; the scheduler's state goes in with it (Paddle requires it)."""
+    name_of = {path: param.name for path, param in model.named_parameters()}
+    renamed: dict[str, Any] = {"LR_Scheduler": scheduler_state}
+    for key, value in state.items():
+        parts = _split_accumulator_key(key, set(name_of))
+        if parts is None:
+            raise UserInputError(f"{source}: optimizer state {key!r} matches no parameter of the model")
+        renamed[name_of[parts[0]] + parts[1]] = value
+    optimizer.set_state_dict(renamed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and Paddle generator states of this process, as JSON values."""
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    return {"python": [python_state[0], list(python_state[1]), python_state[2]],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), int(numpy_state[2]), int(numpy_state[3]),
+                      float(numpy_state[4])],
+            "paddle": [list(state.__getstate__()) for state in paddle.get_rng_state()]}
+
+
+def restore_rng_state(saved: dict[str, Any]) -> None:
+    version, internal, gauss = saved["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = saved["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    state_type = type(paddle.get_rng_state()[0])
+    states = []
+    for values in saved["paddle"]:
+        state = state_type.__new__(state_type)
+        state.__setstate__(tuple(values))
+        states.append(state)
+    paddle.set_rng_state(states)
+
+
+def check_finite_weights(model, step: int) -> None:
+    for path, param in model.named_parameters():
+        if not np.isfinite(param.numpy()).all():
+            raise NonFiniteLossError(f"step {step}: parameter {path} is not finite; refusing to save this model")
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.jsonl and VisualDL
+# --------------------------------------------------------------------------------------------
+
+class RunLog:
+    """One JSON line per log / eval event in metrics.jsonl, the same numbers as VisualDL scalars."""
+
+    def __init__(self, output: Path, enabled: bool):
+        self.path, self.enabled, self.writer = output / "metrics.jsonl", enabled, None
+        if enabled:
+            from visualdl import LogWriter
+
+            self.writer = LogWriter(logdir=str(output / "vdl"))
+
+    def start(self, resume_step: int | None) -> None:
+        """Fresh run: empty file. Resume: drop lines written after the checkpoint (they are redone)."""
+        if not self.enabled:
+            return
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError, AttributeError):   # a line cut by the kill is dropped
+                    if json.loads(line).get("step", math.inf) <= resume_step:
+                        kept.append(line)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def record(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"kind": kind, "step": step, **values}, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(tag=f"{kind}/{key}", value=float(value), step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    """Everything about progress that a resumed run must continue from (saved in last/)."""
+
+    step: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+    skipped_steps: int = 0
+    loss_sum: float = 0.0          # since the last train log line
+    loss_steps: int = 0
+    last_loss: float | None = None
+    last_eval_step: int | None = None
+
+
+class Trainer:
+    def __init__(self, task: Task, config, model, tokenizer, rows: dict[str, np.ndarray], eval_sets, output: Path):
+        self.task, self.config, self.raw_model, self.tokenizer = task, config, model, tokenizer
+        self.rows, self.eval_sets, self.output = rows, eval_sets, output
+        self.settings = TaskSettings.from_args(config, task)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
+        self.model = paddle.DataParallel(model) if self.world_size > 1 else model
+        self.sampler = GlobalBatchSampler(len(rows["input_ids"]), config.batch_size, config.seed,
+                                          min_batch_size=self.world_size * config.gradient_accumulation_steps)
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
+        self.warmup_steps = (config.warmup_steps if config.warmup_steps is not None
+                             else int(config.warmup_ratio * self.total_steps))
+        self.decay_steps = math.ceil(config.decay_ratio * self.total_steps)
+        self.scheduler = WarmupDecaySchedule(config.learning_rate, config.min_lr, self.warmup_steps,
+                                             self.decay_steps, config.schedule)
+        self.optimizer = build_optimizer(model, self.scheduler, config)
+        self.state = TrainState()
+        self.log = RunLog(output, self.is_main)
+        self.last_grad_norm = math.nan
+        self.last_lr = self.scheduler.last_lr
+
+    # ----- the run -------------------------------------------------------------------------
+
+    def train(self, resume: bool) -> dict | None:
+        started = time.time()
+        resumed_from = self.restore() if resume and (self.output / "last" / CHECKPOINT_STATE).is_file() else None
+        if resumed_from is None:
+            self.write_train_config()
+        self.log.start(resumed_from)
+        progress = self.progress_bar()
+        self.raw_model.train()
+        try:
+            while self.state.step < self.total_steps:
+                self.run_step()
+                progress.update(1)
+                progress.set_postfix(loss=f"{self.state.last_loss or math.nan:.4f}", lr=f"{self.scheduler.last_lr:.2e}",
+                                     refresh=False)
+                self.after_step()
+        finally:
+            progress.close()
+            self.log.close()
+        if self.is_main and not (self.output / "best").is_dir():
+            self.save_best(None)   # no dev data (or no finite dev score): the final model is best/
+        return self.summary(resumed_from, time.time() - started) if self.is_main else None
+
+    def run_step(self) -> None:
+        epoch, number = divmod(self.state.step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch)
+        global_count = len(self.sampler.global_batch(number))
+        lr = self.optimizer.get_lr()
+        loss = self.train_step(self.sampler.local_batch(number), global_count)
+        self.state.step += 1
+        self.scheduler.step()
+        if loss is not None:
+            self.state.loss_sum += loss
+            self.state.loss_steps += 1
+            self.state.last_loss = loss
+        self.last_lr = lr
+
+    def train_step(self, local_rows: np.ndarray, global_count: int) -> float | None:
+        """One optimizer step on this process's rows of a global batch; the batch's mean loss, or
+        None when the update was skipped as non-finite."""
+        parts = np.array_split(local_rows, self.config.gradient_accumulation_steps)
+        scale = self.world_size / global_count        # DataParallel averages over processes
+        local_loss = 0.0
+        for number, part in enumerate(parts):
+            inputs, labels = self.batch(part)
+            with self.gradient_sync(number == len(parts) - 1):
+                with self.autocast():
+                    outputs = self.model(**inputs)
+                losses = self.task.per_example_loss(outputs, labels)               # (b,)
+                (losses.sum() * scale).backward()
+            local_loss += float(losses.sum())
+        self.last_grad_norm = self.gradient_norm()
+        loss_sum, nonfinite = self.all_sum([local_loss, float(not math.isfinite(local_loss))])
+        if nonfinite or not math.isfinite(self.last_grad_norm):
+            self.optimizer.clear_grad()
+            return self.non_finite(loss_sum / global_count)
+        self.optimizer.step()
+        self.optimizer.clear_grad()
+        return loss_sum / global_count
+
+    def batch(self, rows: np.ndarray) -> tuple[dict, dict]:
+        inputs = {name: paddle.to_tensor(self.rows[name][rows].astype(np.int64)) for name in MODEL_INPUT_NAMES}
+        labels = {name: paddle.to_tensor(self.rows[name][rows]) for name in self.task.label_names}
+        return inputs, labels
+
+    def gradient_sync(self, last_part: bool):
+        """Accumulation passes skip DataParallel's all-reduce; the last one averages everything."""
+        return self.model.no_sync() if self.world_size > 1 and not last_part else contextlib.nullcontext()
+
+    def autocast(self):
+        if self.config.amp == "bf16":
+            return paddle.amp.auto_cast(enable=True, dtype="bfloat16")
+        return contextlib.nullcontext()
+
+    def gradient_norm(self) -> float:
+        """Global L2 norm of the gradients (after clipping to --max-grad-norm when set: the norm before)."""
+        parameters = [param for param in self.raw_model.parameters() if param.grad is not None]
+        if self.config.max_grad_norm > 0:
+            return float(paddle.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm))
+        norms = paddle.stack([paddle.linalg.norm(param.grad.detach().astype("float32")) for param in parameters])
+        return float(paddle.linalg.norm(norms))
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        tensor = paddle.to_tensor(values, dtype="float64")
+        dist.all_reduce(tensor)
+        return tensor.numpy().tolist()
+
+    def non_finite(self, loss: float) -> None:
+        step = self.state.step + 1
+        if not self.config.skip_nonfinite:
+            last = self.output / "last" / CHECKPOINT_STATE
+            kept = f"last/ holds step {read_json(last).get('state', {}).get('step')}" if last.is_file() else "no checkpoint yet"
+            raise NonFiniteLossError(
+                f"non-finite loss {loss} (gradient norm {self.last_grad_norm}) at step {step} of {self.total_steps}; "
+                f"stopped ({kept}). Lower --learning-rate, set --max-grad-norm, or pass --skip-nonfinite")
+        self.state.skipped_steps += 1
+        logger.warning("step %d: non-finite loss %s / gradient norm %s; update skipped", step, loss, self.last_grad_norm)
+        self.log.record("skipped", step, {"loss": str(loss), "grad_norm": str(self.last_grad_norm)})
+        return None
+
+    def after_step(self) -> None:
+        step = self.state.step
+        if step % self.config.logging_steps == 0 and self.state.loss_steps:
+            self.log.record("train", step, {"epoch": round(step / self.steps_per_epoch, 4),
+                                            "loss": self.state.loss_sum / self.state.loss_steps,
+                                            "lr": self.last_lr, "grad_norm": self.last_grad_norm})
+            self.state.loss_sum, self.state.loss_steps = 0.0, 0
+        every = self.config.eval_steps or self.steps_per_epoch
+        evaluated = bool(self.eval_sets) and (step % every == 0 or step == self.total_steps)
+        if evaluated:
+            self.evaluate()
+        saves = self.config.save_steps
+        if step == self.total_steps or (saves and step % saves == 0) or (not saves and step % every == 0):
+            self.save_last()
+
+    # ----- evaluation and checkpoints ----------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Score dev on rank 0 (the others wait); a better main metric writes best/."""
+        if self.is_main:
+            result = evaluate_task(self.task, eager_predictor(self.raw_model), self.eval_sets, self.settings,
+                                   self.config.eval_batch_size, progress=sys.stderr.isatty())
+            value = result.main_value
+            improved = math.isfinite(value) and (self.state.best_value is None or value > self.state.best_value)
+            logger.info("step %d: %s = %.4f%s", self.state.step, result.main_metric, value, " (best)" if improved else "")
+            self.log.record("eval", self.state.step, {**result.metrics, "best": improved})
+            if improved:
+                self.save_best(result)
+                self.state.best_value, self.state.best_step = value, self.state.step
+            self.state.last_eval_step = self.state.step
+        self.barrier()
+
+    def save_best(self, result) -> None:
+        """best/: a model dir (tokenizer, id2label) plus metrics.json and the dev predictions, in one swap."""
+        from .convert import save_paddle_model_dir
+
+        check_finite_weights(self.raw_model, self.state.step)
+        with atomic_directory(self.output / "best") as staging:
+            save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
+            if result is not None:
+                write_evaluation(self.task, result, staging, extra={"step": self.state.step})
+            else:
+                atomic_write_json(staging / "metrics.json", {"step": self.state.step, "note": "final model, not selected on dev"})
+        if result is None:
+            self.state.best_step = self.state.step
+
+    def save_last(self) -> None:
+        """last/: model dir + optimizer moments + trainer state (step, schedule, RNG of every process)."""
+        from safetensors.numpy import save_file
+
+        from .convert import save_paddle_model_dir
+
+        rng_states = self.gather(rng_state())
+        if self.is_main:
+            check_finite_weights(self.raw_model, self.state.step)
+            checkpoint = {"state": asdict(self.state), "scheduler": self.scheduler.state_dict(), "rng": rng_states,
+                          "run": self.run_identity()}
+            with atomic_directory(self.output / "last") as staging:
+                save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
+                save_file(optimizer_state_by_name(self.optimizer, self.raw_model), str(staging / OPTIMIZER_STATE))
+                atomic_write_json(staging / CHECKPOINT_STATE, checkpoint)
+        self.barrier()
+
+    def restore(self) -> int:
+        """Continue from last/: weights were loaded from it already; here the rest. Returns the step."""
+        from safetensors.numpy import load_file
+
+        last = self.output / "last"
+        checkpoint = read_json(last / CHECKPOINT_STATE, "trainer state")
+        identity = self.run_identity()
+        for key in RESUME_INVARIANTS:
+            if checkpoint["run"].get(key) != identity[key]:
+                raise UserInputError(f"{last}: cannot resume, {key} was {checkpoint['run'].get(key)} "
+                                     f"and is now {identity[key]} (same flags and data are needed)")
+        load_optimizer_state(self.optimizer, self.raw_model, load_file(str(last / OPTIMIZER_STATE)),
+                             checkpoint["scheduler"], last)
+        self.state = TrainState(**checkpoint["state"])
+        self.restore_rng(checkpoint["rng"])
+        logger.info("resumed from %s at step %d of %d", last, self.state.step, self.total_steps)
+        return self.state.step
+
+    def restore_rng(self, states: list[dict]) -> None:
+        if len(states) != self.world_size:
+            logger.warning("resuming %d processes from a checkpoint of %d: dropout streams differ from an "
+                           "uninterrupted run", self.world_size, len(states))
+        restore_rng_state(states[self.rank % len(states)])
+
+    def gather(self, value: Any) -> list:
+        if self.world_size == 1:
+            return [value]
+        gathered: list = []
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    # ----- bookkeeping -----------------------------------------------------------------------
+
+    def run_identity(self) -> dict[str, Any]:
+        return {"task": self.task.name, "batch_size": self.config.batch_size, "seed": self.config.seed,
+                "train_rows": len(self.rows["input_ids"]), "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size}
+
+    def write_train_config(self) -> None:
+        if not self.is_main:
+            return
+        values = {key: value for key, value in vars(self.config).items() if not callable(value)}
+        values.update(self.run_identity(), warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
+                      per_process_batch=self.config.batch_size // self.world_size, paddle_version=paddle.__version__,
+                      dev_sets={eval_set.name: eval_set.source for eval_set in self.eval_sets})
+        atomic_write_json(self.output / "train_config.json", values)
+
+    def progress_bar(self):
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.state.step, desc=f"finetune {self.task.name}",
+                    unit="step", file=sys.stderr, disable=not self.is_main, dynamic_ncols=True)
+
+    def summary(self, resumed_from: int | None, seconds: float) -> dict:
+        best_metrics = read_json(self.output / "best" / "metrics.json", "best metrics")
+        return {"task": self.task.name, "output": str(self.output), "best": str(self.output / "best"),
+                "last": str(self.output / "last"), "steps": self.state.step, "total_steps": self.total_steps,
+                "epochs": round(self.state.step / self.steps_per_epoch, 4), "best_step": self.state.best_step,
+                "main_metric": None if not self.eval_sets else best_main_metric(self.task, self.eval_sets),
+                "best_value": self.state.best_value, "best_metrics": best_metrics,
+                "last_loss": self.state.last_loss, "skipped_steps": self.state.skipped_steps,
+                "resumed_from_step": resumed_from, "train_rows": len(self.rows["input_ids"]),
+                "world_size": self.world_size, "seconds": round(seconds, 2)}
+
+
+def best_main_metric(task: Task, eval_sets) -> str:
+    return f"{eval_sets[0].name}_{task.main_metric}" if task.metric_prefix(eval_sets) else task.main_metric
+
+
+# --------------------------------------------------------------------------------------------
+# Setting up a run
+# --------------------------------------------------------------------------------------------
+
+def prepare_output(config, is_main: bool) -> Path:
+    """Check OUTPUT is writable and holds no other run (unless --resume / --overwrite)."""
+    output = ensure_writable_dir(config.output)
+    earlier = [name for name in ("last", "best", "metrics.jsonl") if (output / name).exists()]
+    if earlier and not (config.resume or config.overwrite):
+        raise UserInputError(f"{output}: already holds a run ({', '.join(earlier)}); pass --resume to continue it, "
+                             f"--overwrite to replace it, or another --output")
+    if is_main:
+        for stale in list(output.glob(".last*.tmp")) + list(output.glob(".best*.tmp")):
+            shutil.rmtree(stale, ignore_errors=True)   # staging dirs of a killed write
+        if config.overwrite and not config.resume:
+            for name in ("last", "best", "vdl"):
+                shutil.rmtree(output / name, ignore_errors=True)
+        recover_directory(output / "last")
+        recover_directory(output / "best")
+    return output
+
+
+def init_distributed(device: str) -> str:
+    """Select the device and, when started by paddle.distributed.launch, join the process group."""
+    device = select_device(device)
+    if dist.get_world_size() > 1:
+        dist.init_parallel_env()
+    return device
+
+
+def load_start(task: Task, config, output: Path):
+    """(model with the task's head, tokenizer): from last/ when resuming, else from --model."""
+    from .convert import tokenizer_source
+    from .tokenizer import MobileBertTokenizer
+
+    last = output / "last"
+    source = last if config.resume and (last / CHECKPOINT_STATE).is_file() else config.model
+    model = task.model_class().from_pretrained(source, **task.config_changes())
+    model.config.extra["finetuning_task"] = task.name
+    tokenizer = MobileBertTokenizer.from_pretrained(tokenizer_source(source))
+    return model, tokenizer
+
+
+def load_data(task: Task, config, tokenizer) -> tuple[dict[str, np.ndarray], list, str]:
+    settings = TaskSettings.from_args(config, task)
+    examples, source = read_train_examples(task, config.train, config.data_dir, config.data == "hub")
+    rows = task.train_rows(examples, tokenizer, settings)
+    eval_sets = load_eval_sets(task, dev_sources(task, config.dev, config.data_dir, config.data == "hub"),
+                               tokenizer, settings)
+    if not eval_sets:
+        logger.warning("%s: no dev data (--dev / --data-dir): best/ will be the final model", task.name)
+    logger.info("%s: %d training examples -> %d rows from %s; dev: %s", task.name, len(examples),
+                len(rows["input_ids"]), source, ", ".join(f"{s.name} ({len(s.rows['input_ids'])} rows)" for s in eval_sets) or "none")
+    return rows, eval_sets, source
+
+
+def run_finetune(args: argparse.Namespace) -> dict | None:
+    task = get_task(args.task)
+    config = resolve_config(args, task)
+    device = init_distributed(config.device)
+    if config.amp == "bf16" and device != "gpu":
+        raise UserInputError("--amp bf16 needs a GPU (on CPU, train in fp32: the default)")
+    output = prepare_output(config, dist.get_rank() == 0)
+    if dist.get_world_size() > 1:
+        dist.barrier()   # rank 0 has recovered / cleaned the run dir
+    paddle.seed(config.seed)          # head initialisation: the same on every process
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    model, tokenizer = load_start(task, config, output)
+    check_sequence_length(config.max_seq_length, model.config, config.model)
+    rows, eval_sets, train_source = load_data(task, config, tokenizer)
+    trainer = Trainer(task, config, model, tokenizer, rows, eval_sets, output)
+    if trainer.steps_per_epoch == 0 or trainer.total_steps == 0:
+        raise UserInputError(f"{train_source}: {len(rows['input_ids'])} training rows make no batch of "
+                             f"{config.batch_size} (lower --batch-size)")
+    if config.batch_size % (trainer.world_size * config.gradient_accumulation_steps):
+        logger.warning("--batch-size %d is not a multiple of processes x accumulation steps (%d): slices differ by "
+                       "a row", config.batch_size, trainer.world_size * config.gradient_accumulation_steps)
+    paddle.seed(config.seed + dist.get_rank())   # dropout: a different stream per process
+    return trainer.train(resume=config.resume)

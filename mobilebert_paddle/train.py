@@ -49,7 +49,8 @@ from paddle.io import DistributedBatchSampler
 from .errors import UserInputError
 from .evaluation import (add_task_settings_arguments, check_sequence_length, eager_predictor, evaluate_task,
                          select_device, write_evaluation)
-from .files import atomic_directory, atomic_write_json, atomic_write_text, ensure_writable_dir, read_json, recover_directory
+from .files import (atomic_directory, atomic_write_json, atomic_write_text, ensure_writable_dir, read_json,
+                    recover_directory)
 from .tasks import (MODEL_INPUT_NAMES, TASK_NAMES, Task, TaskSettings, dev_sources, get_task, load_eval_sets,
                     read_train_examples, recipe_table)
 
@@ -100,11 +101,13 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                        help="shape of the decay from the peak to --min-lr after warmup "
                             "(linear with --min-lr 0 --decay-ratio 1 is HF's linear schedule)")
     optim.add_argument("--min-lr", type=float, default=None,
-                       help="learning rate reached at --decay-ratio and kept [default: 1e-6 squad1, 5e-7 others]%(default).0s")
+                       help="learning rate reached at --decay-ratio and kept "
+                            "[default: 1e-6 squad1, 5e-7 others]%(default).0s")
     optim.add_argument("--decay-ratio", type=float, default=None,
                        help="fraction of the steps at which the decay reaches --min-lr "
                             "[default: 0.7 squad1, 0.9 others]%(default).0s")
-    optim.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay (never on biases or norms)")
+    optim.add_argument("--weight-decay", type=float, default=0.1,
+                       help="AdamW decoupled weight decay (never on biases or norms)")
     optim.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW first-moment decay")
     optim.add_argument("--adam-beta2", type=float, default=0.98, help="AdamW second-moment decay")
     optim.add_argument("--adam-epsilon", type=float, default=1e-6, help="AdamW denominator epsilon")
@@ -414,8 +417,8 @@ class Trainer:
             while self.state.step < self.total_steps:
                 self.run_step()
                 progress.update(1)
-                progress.set_postfix(loss=f"{self.state.last_loss or math.nan:.4f}", lr=f"{self.scheduler.last_lr:.2e}",
-                                     refresh=False)
+                progress.set_postfix(loss=f"{math.nan if self.state.last_loss is None else self.state.last_loss:.4f}",
+                                     lr=f"{self.last_lr:.2e}", refresh=False)
                 self.after_step()
         finally:
             progress.close()
@@ -476,7 +479,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def gradient_norm(self) -> float:
-        """Global L2 norm of the gradients (after clipping to --max-grad-norm when set: the norm before)."""
+        """Global L2 norm of the gradients (before clipping); clips them to --max-grad-norm when set."""
         parameters = [param for param in self.raw_model.parameters() if param.grad is not None]
         if self.config.max_grad_norm > 0:
             return float(paddle.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm))
@@ -494,7 +497,8 @@ class Trainer:
         step = self.state.step + 1
         if not self.config.skip_nonfinite:
             last = self.output / "last" / CHECKPOINT_STATE
-            kept = f"last/ holds step {read_json(last).get('state', {}).get('step')}" if last.is_file() else "no checkpoint yet"
+            kept = (f"last/ holds step {read_json(last).get('state', {}).get('step')}" if last.is_file()
+                    else "no checkpoint yet")
             raise NonFiniteLossError(
                 f"non-finite loss {loss} (gradient norm {self.last_grad_norm}) at step {step} of {self.total_steps}; "
                 f"stopped ({kept}). Lower --learning-rate, set --max-grad-norm, or pass --skip-nonfinite")
@@ -545,7 +549,8 @@ class Trainer:
             if result is not None:
                 write_evaluation(self.task, result, staging, extra={"step": self.state.step})
             else:
-                atomic_write_json(staging / "metrics.json", {"step": self.state.step, "note": "final model, not selected on dev"})
+                atomic_write_json(staging / "metrics.json",
+                                  {"step": self.state.step, "note": "final model, not selected on dev"})
         if result is None:
             self.state.best_step = self.state.step
 
@@ -690,8 +695,9 @@ def load_data(task: Task, config, tokenizer) -> tuple[dict[str, np.ndarray], lis
                                tokenizer, settings)
     if not eval_sets:
         logger.warning("%s: no dev data (--dev / --data-dir): best/ will be the final model", task.name)
+    dev = ", ".join(f"{eval_set.name} ({len(eval_set.rows['input_ids'])} rows)" for eval_set in eval_sets)
     logger.info("%s: %d training examples -> %d rows from %s; dev: %s", task.name, len(examples),
-                len(rows["input_ids"]), source, ", ".join(f"{s.name} ({len(s.rows['input_ids'])} rows)" for s in eval_sets) or "none")
+                len(rows["input_ids"]), source, dev or "none")
     return rows, eval_sets, source
 
 

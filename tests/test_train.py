@@ -166,6 +166,55 @@ def test_learns_synthetic_pair_classification(base_model, pair_data, tmp_path, c
     assert predictions[0] == "index\tprediction" and len(predictions) == 201
 
 
+def test_mnli_from_a_glue_data_dir_evaluates_matched_and_mismatched(base_model, tmp_path, capsys):
+    from tiny_tasks import write_mnli_dev
+
+    folder = tmp_path / "glue_data" / "MNLI"                      # the GLUE download's layout
+    folder.mkdir(parents=True)
+    write_mnli_dev(folder / "train.tsv", 64, seed=1)
+    write_mnli_dev(folder / "dev_matched.tsv", 20, seed=2)
+    write_mnli_dev(folder / "dev_mismatched.tsv", 10, seed=3)
+    code, summary, err = run_cli(capsys, [
+        "finetune", "mnli", "--model", base_model, "--data-dir", tmp_path / "glue_data", "--output", tmp_path / "run",
+        "--max-seq-length", 16, "--batch-size", 16, "--max-steps", 4, "--device", "cpu"])
+    assert code == 0, err
+    assert summary["main_metric"] == "matched_accuracy"
+    assert set(summary["best_metrics"]) == {"step", "matched_accuracy", "mismatched_accuracy"}
+    for name, rows in (("matched", 20), ("mismatched", 10)):
+        assert len((tmp_path / "run" / "best" / f"{name}_predictions.tsv").read_text().splitlines()) == rows + 1
+    config = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert config["id2label"] == {"0": "contradiction", "1": "entailment", "2": "neutral"}   # HF's label order
+
+
+def test_training_passes_the_attention_mask(base_model, pair_data, tmp_path, capsys, monkeypatch):
+    """The reproduction this project replaces trained without it: padding was attended to."""
+    from mobilebert_paddle.model import MobileBertForSequenceClassification
+
+    seen = []
+    original = MobileBertForSequenceClassification.forward
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
+        if self.training:
+            seen.append((input_ids.numpy(), None if attention_mask is None else attention_mask.numpy()))
+        return original(self, input_ids, token_type_ids, attention_mask, position_ids)
+
+    monkeypatch.setattr(MobileBertForSequenceClassification, "forward", forward)
+    code, _, err = run_cli(capsys, small_pair_run(base_model, pair_data, tmp_path / "run"))
+    assert code == 0, err
+    assert len(seen) == 6
+    for input_ids, attention_mask in seen:
+        assert attention_mask is not None and np.array_equal(attention_mask, (input_ids != 0).astype(attention_mask.dtype))
+        assert (attention_mask == 0).any()                   # there was padding to hide
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("datasets") is not None,
+                    reason="the optional `datasets` package is installed")
+def test_data_hub_without_datasets_says_what_to_install(base_model, tmp_path, capsys):
+    code, _, err = run_cli(capsys, ["finetune", "rte", "--model", base_model, "--data", "hub", "--output",
+                                    tmp_path / "run", "--max-seq-length", 16, "--device", "cpu"])
+    assert code == 2 and "--data hub needs the optional `datasets` package" in err
+
+
 # --------------------------------------------------------------------------------------------
 # Exact resume and atomic checkpoints (subprocesses: SIGKILL, and reruns that must be bit-identical)
 # --------------------------------------------------------------------------------------------
@@ -356,7 +405,8 @@ def test_finetune_squad2_on_real_data_writes_every_output(shared_data, bert_voca
     assert [(line["kind"], line["step"]) for line in metric_lines(run)] == [
         ("train", 1), ("train", 2), ("train", 3), ("eval", 3)]
     config = json.loads((run / "train_config.json").read_text())
-    assert (config["learning_rate"], config["adam_beta2"], config["min_lr"], config["decay_ratio"]) == (8e-5, 0.98, 5e-7, 0.9)
+    recipe = (config["learning_rate"], config["adam_beta2"], config["min_lr"], config["decay_ratio"])
+    assert recipe == (8e-5, 0.98, 5e-7, 0.9)
     model = MobileBertForQuestionAnswering.from_pretrained(run / "best")
     assert model.config.extra["finetuning_task"] == "squad2"
 
@@ -379,7 +429,8 @@ BAD_INPUTS = {
     "unwritable output": (["rte", "--train", "{tsv}", "--output", "{tsv}/run"], "output directory is not writable"),
     "fp16": (["rte", "--train", "{tsv}", "--amp", "fp16"], "fp16 is refused: MobileBERT's activations reach ~1e7"),
     "bf16 on cpu": (["rte", "--train", "{tsv}", "--amp", "bf16"], "--amp bf16 needs a GPU"),
-    "window too long": (["rte", "--train", "{tsv}", "--max-seq-length", "512"], "exceeds the model's max_position_embeddings (64)"),
+    "window too long": (["rte", "--train", "{tsv}", "--max-seq-length", "512"],
+                        "exceeds the model's max_position_embeddings (64)"),
     "no training data": (["rte"], "rte: no training data; pass --train FILE, --data-dir DIR or --data hub"),
 }
 

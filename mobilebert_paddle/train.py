@@ -656,8 +656,11 @@ def prepare_output(config, is_main: bool) -> Path:
         raise UserInputError(f"{output}: already holds a run ({', '.join(earlier)}); pass --resume to continue it, "
                              f"--overwrite to replace it, or another --output")
     if is_main:
-        for stale in list(output.glob(".last*.tmp")) + list(output.glob(".best*.tmp")):
-            shutil.rmtree(stale, ignore_errors=True)   # staging dirs of a killed write
+        for stale in output.glob(".*.tmp"):        # staging dirs / temp files of a write that was killed
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         if config.overwrite and not config.resume:
             for name in ("last", "best", "vdl"):
                 shutil.rmtree(output / name, ignore_errors=True)

@@ -80,6 +80,11 @@ def build_parser(command_name: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command_args(command_name: str, argv: list[str]) -> argparse.Namespace:
+    """A command's flags parsed exactly as `mobilebert COMMAND ...` parses them (for Python callers)."""
+    return build_parser(command_name).parse_args([command_name, *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     use_all_cores()

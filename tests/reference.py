@@ -64,9 +64,10 @@ def perturb(model, seed: int = 0) -> None:
     so a mapping error in them could not show. Here attention is far from uniform: scaling
     any one tensor by 1.5 moves the tiny QA logits by >= 1e-5 relative (most by far more),
     except the key bias, which softmax cancels exactly. Larger weights (std 1/sqrt(fan_in))
-    make the tiny models ill-conditioned: fp32 rounding differences in the encoder (5e-6 vs
-    a float64 reference) grow to 3e-5 relative on the MLM logits, though the MLM head alone
-    agrees to 3e-7 on equal inputs. At this scale every parity error stays below ~2e-6."""
+    make the models ill-conditioned (large attention scores amplify float32 rounding), and
+    then both float32 runs drift from a float64 reference, Paddle or PyTorch further
+    depending on the seed; tests/test_precision.py checks accuracy at the real checkpoint's
+    activation scale instead. At this scale every parity error stays below ~2e-6."""
     generator = torch.Generator().manual_seed(seed + 1)
     for name, parameter in model.named_parameters():
         noise = torch.randn(parameter.shape, generator=generator)

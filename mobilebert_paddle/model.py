@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import NamedTuple, Optional, Tuple
 
 import paddle
@@ -390,7 +391,9 @@ class MobileBertPreTrainedModel(nn.Layer):
         from .convert import match_state_dict
 
         matched, newly_initialised = match_state_dict(self, state_dict, source)
-        self.set_state_dict(matched)
+        with warnings.catch_warnings():  # Paddle warns per key it skips; they are reported below, once
+            warnings.simplefilter("ignore", UserWarning)
+            self.set_state_dict(matched)
         if newly_initialised:
             logger.warning("%s: %d weights not in the checkpoint were newly initialised: %s",
                            source, len(newly_initialised), ", ".join(sorted(newly_initialised)))

@@ -1,0 +1,456 @@
+"""`mobilebert bench`: latency and throughput of every inference path, side by side, in one process.
+
+For a model dir it builds every backend from the same weights -- Paddle eager, Paddle Inference
+(plain, fused, and with oneDNN), ONNX Runtime (plain, fused, int8) and HuggingFace's PyTorch
+model (the Paddle weights converted back in memory with `paddle_to_hf`) -- checks each one's
+outputs against PyTorch, then times them interleaved (one call of each backend per round,
+the order rotated every round so no backend always runs right after another) and reports the
+median of `--runs` rounds after `--warmup` calls.
+
+Each shape gets: ms per batch, sequences/s, the ratio to PyTorch, and the ratio to the FLOP
+floor -- the model's FLOPs at that shape (counted analytically from the config: 2 x in x out
+per Linear per token plus the two attention matmuls) divided by the rate a large float32
+matmul reaches on this machine, measured in the same run. Peak memory is the resident set
+size sampled while each backend runs (psutil), minus the size just before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .config import MobileBertConfig
+from .errors import UserInputError
+from .files import atomic_write_bytes, atomic_write_json, ensure_writable_dir
+
+logger = logging.getLogger(__name__)
+
+# name -> (export format, fuse, quantize, Paddle Inference oneDNN); None = not an export.
+BACKENDS = {
+    "torch": None,
+    "paddle-eager": None,
+    "paddle-inference": ("paddle", False, None, False),
+    "paddle-inference-onednn": ("paddle", False, None, True),
+    "paddle-inference-fused": ("paddle", True, None, False),
+    "onnx": ("onnx", False, None, False),
+    "onnx-fused": ("onnx", True, None, False),
+    "onnx-int8": ("onnx", False, "int8", False),
+    "onnx-fused-int8": ("onnx", True, "int8", False),
+}
+REFERENCE = "torch"
+
+
+# ----------------------------------------------------------------------------------------
+# FLOPs and the machine's matmul rate
+# ----------------------------------------------------------------------------------------
+
+def model_flops(config: MobileBertConfig, batch: int, length: int, architecture: str) -> float:
+    """Floating-point operations of one forward pass: 2 per multiply-add of every Linear
+    (per token) and of the two attention matmuls (QK^T and PV); element-wise work is left out."""
+    hidden, inner, embedding = config.hidden_size, config.true_hidden_size, config.embedding_size
+    per_token = 0
+    if config.trigram_input:
+        per_token += 3 * embedding * hidden
+    elif embedding != hidden:
+        per_token += embedding * hidden
+    layer = 0
+    if config.use_bottleneck:
+        layer += hidden * config.intra_bottleneck_size                      # bottleneck input
+        if config.key_query_shared_bottleneck and not config.use_bottleneck_attention:
+            layer += hidden * config.intra_bottleneck_size                  # shared query/key bottleneck
+        layer += inner * hidden                                             # bottleneck output
+    value_width = inner if config.use_bottleneck_attention else hidden
+    layer += 2 * inner * inner + value_width * inner + inner * inner        # query, key, value, attention output
+    layer += config.num_feedforward_networks * 2 * inner * config.intermediate_size
+    per_token += config.num_hidden_layers * layer
+    attention = config.num_hidden_layers * 2 * length * length * inner     # per sequence
+    head = head_multiply_adds(config, length, architecture)
+    return 2.0 * (batch * length * per_token + batch * attention + batch * head)
+
+
+def head_multiply_adds(config: MobileBertConfig, length: int, architecture: str) -> int:
+    hidden, labels = config.hidden_size, config.num_labels
+    pooler = hidden * hidden if config.classifier_activation else 0
+    if architecture == "MobileBertForQuestionAnswering":
+        return length * hidden * labels
+    if architecture in ("MobileBertForSequenceClassification", "MobileBertForMultipleChoice"):
+        return pooler + hidden * labels
+    if architecture == "MobileBertForTokenClassification":
+        return length * hidden * labels
+    if architecture in ("MobileBertForMaskedLM", "MobileBertForPreTraining"):
+        return length * (hidden * hidden + hidden * config.vocab_size) + pooler
+    return pooler
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> dict:
+    """Best float32 GFLOP/s of a size x size matmul, with numpy and with torch (if present)."""
+    rng = np.random.default_rng(0)
+    left, right = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    rates = {"numpy": _best_rate(lambda: left @ right, size, repeats)}
+    try:
+        import torch
+
+        left_t, right_t = torch.from_numpy(left), torch.from_numpy(right)
+        rates["torch"] = _best_rate(lambda: torch.matmul(left_t, right_t), size, repeats)
+    except ImportError:
+        pass
+    return rates
+
+
+def _best_rate(function: Callable, size: int, repeats: int) -> float:
+    function()
+    best = min(_seconds(function) for _ in range(repeats))
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def _seconds(function: Callable) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------
+# Building the backends
+# ----------------------------------------------------------------------------------------
+
+def torch_twin(model, config: MobileBertConfig, threads: int):
+    """HF's PyTorch model with the Paddle model's weights (converted back in memory)."""
+    try:
+        import torch
+        import transformers
+    except ImportError as error:
+        raise UserInputError(f"bench compares against PyTorch: {error}; pip install 'mobilebert-paddle[torch]'") from None
+    from .convert import model_state_numpy, paddle_to_hf
+
+    torch.set_num_threads(threads)
+    architecture = config.architectures[0]
+    values = {key: value for key, value in config.to_dict().items() if key != "trigram_ignores_padding"}
+    hf_model = getattr(transformers, architecture)(transformers.MobileBertConfig(**values)).eval()
+    state = {key: torch.from_numpy(value) for key, value in paddle_to_hf(model_state_numpy(model), config).items()}
+    result = hf_model.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if not key.endswith(("position_ids", "decoder.weight", "decoder.bias"))]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"PyTorch twin: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
+
+    def run(input_ids, token_type_ids, attention_mask):
+        with torch.inference_mode():
+            output = hf_model(input_ids=torch.from_numpy(input_ids), token_type_ids=torch.from_numpy(token_type_ids),
+                              attention_mask=torch.from_numpy(attention_mask))
+        return tuple(value.numpy() for value in output.values() if isinstance(value, torch.Tensor))
+
+    return run
+
+
+def build_backends(names: list, model, config: MobileBertConfig, model_dir: Path, staging: Path,
+                   threads: int) -> dict:
+    """{name: callable(input_ids, token_type_ids, attention_mask) -> tuple of arrays}, plus
+    the RSS each one added when built."""
+    from .export import (EagerPredictor, OnnxPredictor, PaddleInferencePredictor, PADDLE_PREFIX,
+                         write_export)
+
+    backends, memory = {}, {}
+    for name in names:
+        before = resident_mb()
+        started = time.perf_counter()
+        spec = BACKENDS[name]
+        if name == "torch":
+            backends[name] = torch_twin(model, config, threads)
+        elif name == "paddle-eager":
+            backends[name] = EagerPredictor(model, config, model_dir)
+        else:
+            export_format, fuse, quantize, onednn = spec
+            directory = staging / name
+            directory.mkdir()
+            manifest = write_export(model, config, model_dir, directory, export_format, fuse=fuse, quantize=quantize)
+            if export_format == "paddle":
+                backends[name] = PaddleInferencePredictor(config, model_dir, directory / PADDLE_PREFIX,
+                                                          manifest["outputs"], threads, mkldnn=onednn)
+            else:
+                backends[name] = OnnxPredictor(config, model_dir, str(directory / manifest["model_file"]),
+                                               manifest["outputs"], threads)
+        memory[name] = resident_mb() - before
+        logger.info("built %s in %.1f s", name, time.perf_counter() - started)
+    return backends, memory
+
+
+# ----------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------
+
+def resident_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2 ** 20
+
+
+class PeakMemory:
+    """Samples this process's RSS every few milliseconds while active (a background thread)."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self.process, self.interval = psutil.Process(), interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.start = self.process.memory_info().rss
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def added_mb(self) -> float:
+        return (self.peak - self.start) / 2 ** 20
+
+
+def bench_inputs(config: MobileBertConfig, batch: int, length: int, seed: int = 0) -> tuple:
+    """Random ids of full length (no padding: every token counts), two segments."""
+    rng = np.random.default_rng(seed)
+    input_ids = rng.integers(5, config.vocab_size, size=(batch, length)).astype(np.int64)
+    input_ids[:, 0] = 2
+    token_type_ids = np.zeros_like(input_ids)
+    token_type_ids[:, length // 2:] = 1
+    return input_ids, token_type_ids, np.ones_like(input_ids)
+
+
+def time_shape(backends: dict, inputs: tuple, runs: int, warmup: int, pause: float) -> dict:
+    """{name: {"times": [...], "peak_mb": ...}} with the backends interleaved round by round.
+
+    `pause` seconds of idle time separate consecutive calls: each runtime's worker threads
+    spin for a while after a call (Intel OpenMP's KMP_BLOCKTIME is 200 ms, ONNX Runtime and
+    GNU OpenMP spin too), and on a machine with few cores a backend timed while another's
+    threads still spin runs several times slower than it would alone."""
+    names = list(backends)
+    peaks = {}
+    for name in names:                       # warm-up, and the memory a call needs
+        time.sleep(pause)
+        with PeakMemory() as peak:
+            for _ in range(max(warmup, 1)):
+                backends[name](*inputs)
+        peaks[name] = peak.added_mb
+    times = {name: [] for name in names}
+    for round_index in range(runs):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(pause)
+            times[name].append(_seconds(lambda: backends[name](*inputs)))
+    return {name: {"times": times[name], "peak_mb": peaks[name]} for name in names}
+
+
+def check_outputs(backends: dict, inputs: tuple) -> dict:
+    """Relative error of every backend's outputs against the reference (PyTorch if timed)."""
+    from .export import relative_error
+
+    reference_name = REFERENCE if REFERENCE in backends else next(iter(backends))
+    expected = backends[reference_name](*inputs)
+    errors = {}
+    for name, backend in backends.items():
+        actual = backend(*inputs)
+        errors[name] = max(relative_error(got, want) for got, want in zip(actual, expected))
+    return errors
+
+
+# ----------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------
+
+def summarise(results: dict, flops: float, rate_gflops: float, batch: int) -> dict:
+    floor_ms = flops / (rate_gflops * 1e9) * 1e3
+    reference = results.get(REFERENCE)
+    reference_ms = float(np.median(reference["times"])) * 1e3 if reference else None
+    rows = {}
+    for name, result in results.items():
+        ms = float(np.median(result["times"])) * 1e3
+        rows[name] = {"ms": round(ms, 2), "min_ms": round(min(result["times"]) * 1e3, 2),
+                      "sequences_per_s": round(batch / ms * 1e3, 2),
+                      "vs_torch": round(ms / reference_ms, 3) if reference_ms else None,
+                      "vs_floor": round(ms / floor_ms, 2), "peak_mb": round(result["peak_mb"], 1)}
+    return {"gflop": round(flops / 1e9, 2), "floor_ms": round(floor_ms, 2), "backends": rows}
+
+
+def print_table(shape_name: str, summary: dict, errors: dict, stream=sys.stderr) -> None:
+    print(f"\n{shape_name}: {summary['gflop']} GFLOP, floor {summary['floor_ms']} ms", file=stream)
+    print(f"{'backend':26s} {'ms':>9s} {'seq/s':>8s} {'vs torch':>8s} {'vs floor':>8s} {'peak MB':>8s} {'rel err':>8s}",
+          file=stream)
+    for name, row in summary["backends"].items():
+        ratio = f"{row['vs_torch']:.3f}" if row["vs_torch"] is not None else "-"
+        print(f"{name:26s} {row['ms']:9.1f} {row['sequences_per_s']:8.1f} {ratio:>8s} {row['vs_floor']:8.2f} "
+              f"{row['peak_mb']:8.1f} {errors.get(name, float('nan')):8.1e}", file=stream)
+
+
+def write_chart(report: dict, path: Path) -> None:
+    """Grouped bars: ms per backend for every shape, the FLOP floor as a dashed line."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(report["shapes"])
+    figure, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 4.5), squeeze=False)
+    for axis, shape_name in zip(axes[0], shapes):
+        summary = report["shapes"][shape_name]
+        names = list(summary["backends"])
+        values = [summary["backends"][name]["ms"] for name in names]
+        colors = ["#888888" if name == REFERENCE else "#3b75af" if "onnx" in name else "#c44e52" for name in names]
+        bars = axis.bar(range(len(names)), values, color=colors)
+        for bar, name in zip(bars, names):
+            ratio = summary["backends"][name]["vs_torch"]
+            if ratio is not None:
+                axis.annotate(f"{ratio:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                              ha="center", va="bottom", fontsize=7)
+        axis.axhline(summary["floor_ms"], color="black", linestyle="--", linewidth=1, label="FLOP floor")
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        axis.set_ylabel("ms per batch (median)")
+        axis.set_title(f"{shape_name} ({summary['gflop']} GFLOP)")
+        axis.legend(fontsize=8)
+    figure.suptitle(f"MobileBERT {report['architecture']} on {report['machine']['processor']}, "
+                    f"{report['threads']} threads (ratios: x PyTorch)", fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def machine_info() -> dict:
+    processor = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"processor": processor, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+# ----------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------
+
+def parse_list(text: str, flag: str, convert=int) -> list:
+    try:
+        values = [convert(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UserInputError(f"{flag} {text!r}: expected a comma-separated list") from None
+    if not values:
+        raise UserInputError(f"{flag} is empty")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model dir with weights (Paddle or HF layout)")
+    parser.add_argument("--batch", default="1,8", help="batch sizes, comma-separated")
+    parser.add_argument("--seq", default="128,384", help="sequence lengths, comma-separated")
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds per shape (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend and shape first")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help=f"which to time, comma-separated, from: {', '.join(BACKENDS)}")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for PyTorch, ONNX Runtime and Paddle Inference [default: OMP_NUM_THREADS, "
+                             "which the CLI sets to the core count]%(default).0s")
+    parser.add_argument("--pause", type=float, default=0.3,
+                        help="idle seconds before each timed call, so the previous backend's spinning "
+                             "worker threads are asleep")
+    parser.add_argument("--output", default="bench", help="directory for bench.json and bench.png")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from .export import default_threads, load_eager_model
+
+    names = parse_list(args.backends, "--backends", str)
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise UserInputError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    shapes = [(batch, length) for batch in parse_list(args.batch, "--batch")
+              for length in parse_list(args.seq, "--seq")]
+    if any(batch <= 0 or length <= 0 for batch, length in shapes) or args.runs <= 0 or args.warmup < 0:
+        raise UserInputError("--batch, --seq and --runs must be positive (and --warmup >= 0)")
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise UserInputError(f"{model_dir}: no such model directory")
+    output = ensure_writable_dir(args.output)
+    threads = args.threads or default_threads()
+    model, config = load_eager_model(model_dir)
+    too_long = [length for _, length in shapes if length > config.max_position_embeddings]
+    if too_long:
+        raise UserInputError(f"--seq {too_long[0]} exceeds the model's max_position_embeddings "
+                             f"({config.max_position_embeddings})")
+    report = bench(model, config, model_dir, names, shapes, args.runs, args.warmup, threads, args.pause)
+    atomic_write_json(output / "bench.json", report)
+    write_chart(report, output / "bench.png")
+    report["files"] = [str(output / "bench.json"), str(output / "bench.png")]
+    return report
+
+
+def bench(model, config: MobileBertConfig, model_dir: Path, names: list, shapes: list, runs: int, warmup: int,
+          threads: int, pause: float = 0.3) -> dict:
+    rates = matmul_rate()
+    rate = max(rates.values())
+    logger.info("float32 matmul rate: %s GFLOP/s", {key: round(value, 1) for key, value in rates.items()})
+    architecture = config.architectures[0]
+    report = {"model": str(model_dir), "architecture": architecture, "threads": threads,
+              "machine": machine_info(),
+              "matmul_gflops": {key: round(value, 1) for key, value in rates.items()},
+              "runs": runs, "warmup": warmup, "pause_s": pause, "shapes": {}, "output_check": {}}
+    with tempfile.TemporaryDirectory(prefix="mobilebert-bench-") as staging:
+        backends, built_mb = build_backends(names, model, config, model_dir, Path(staging), threads)
+        report["built_mb"] = {name: round(value, 1) for name, value in built_mb.items()}
+        report["thread_settings"] = thread_settings(threads)
+        for batch, length in shapes:
+            inputs = bench_inputs(config, batch, length)
+            shape_name = f"{batch}x{length}"
+            errors = check_outputs(backends, inputs) if shape_name == f"{shapes[0][0]}x{shapes[0][1]}" else {}
+            if errors:
+                report["output_check"] = {"shape": shape_name, "relative_error_vs": REFERENCE,
+                                          "errors": {name: float(f"{value:.3g}") for name, value in errors.items()}}
+            gc.collect()
+            results = time_shape(backends, inputs, runs, warmup, pause)
+            summary = summarise(results, model_flops(config, batch, length, architecture), rate, batch)
+            report["shapes"][shape_name] = summary
+            print_table(shape_name, summary, report["output_check"].get("errors", {}))
+    report["process_peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return report
+
+
+def thread_settings(threads: int) -> dict:
+    settings = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "onnxruntime_intra_op": threads,
+                "paddle_inference_cpu_math": threads}
+    try:
+        import torch
+
+        settings["torch"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return settings
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux

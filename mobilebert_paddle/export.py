@@ -1,0 +1,578 @@
+"""`mobilebert export`: a static Paddle inference model or an ONNX model, and `load_predictor`,
+the one way every inference path (eager Paddle, Paddle Inference, ONNX Runtime) is run.
+
+Export route: the Paddle model (optionally rewritten by fuse.py) is traced with
+`paddle.jit.to_static` over inputs of dynamic batch and length (InputSpec [None, None]) and
+saved with `paddle.jit.save` (Paddle 3 writes a PIR program, model.json + model.pdiparams).
+For ONNX that program goes through paddle2onnx, which reads PIR programs directly (no need to
+fall back to the old IR), then input/output names and dynamic axes are tidied. `--quantize
+int8` quantizes the ONNX model's matmul weights to int8 with activations quantized on the fly
+(onnxruntime.quantization.quantize_dynamic).
+
+An export directory holds config.json (with `architectures`), the tokenizer files, the model
+file(s) and export.json, the manifest `load_predictor` reads. Every export is checked against
+the eager model on a probe batch before it is put in place; the manifest records the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from .config import CONFIG_NAME, MobileBertConfig
+from .errors import UserInputError
+from .files import atomic_directory, atomic_write_json, read_json
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("paddle", "onnx")
+QUANTIZATIONS = ("int8",)
+BACKENDS = ("eager", "paddle", "onnx")
+INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
+MANIFEST_NAME = "export.json"
+PADDLE_PREFIX = "model"                 # paddle.jit.save writes model.json + model.pdiparams
+ONNX_NAME = "model.onnx"
+ONNX_OPSET = 17
+EXPORT_TOLERANCE = 1e-5                 # fp32 exports must match eager within this relative error
+# Paddle Inference on CPU: oneDNN (MKLDNN) kernels. Measured slower than the plain kernels for
+# this model on AVX2 (see bench); set to True to try them.
+PADDLE_INFERENCE_MKLDNN = False
+
+OUTPUT_NAMES = {
+    "MobileBertModel": ("sequence_output", "pooled_output"),
+    "MobileBertForPreTraining": ("prediction_logits", "seq_relationship_logits"),
+    "MobileBertForQuestionAnswering": ("start_logits", "end_logits"),
+}
+
+
+def output_names(architecture: str) -> tuple:
+    return OUTPUT_NAMES.get(architecture, ("logits",))
+
+
+def input_rank(architecture: str) -> int:
+    """(B, T) ids, or (B, C, T) for multiple choice."""
+    return 3 if architecture == "MobileBertForMultipleChoice" else 2
+
+
+def default_threads() -> int:
+    """Threads for Paddle Inference / ONNX Runtime: OMP_NUM_THREADS if set, else every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------------------
+# Predictors: one call signature for every backend
+# ----------------------------------------------------------------------------------------
+
+class Predictor:
+    """`predictor(input_ids, token_type_ids, attention_mask)` -> tuple of numpy arrays
+    (QA: (start_logits, end_logits); classification: (logits,)). Inputs are int64 arrays of
+    shape (B, T); missing token types are zeros and a missing mask is all ones. A single dict
+    {"input_ids": ..., ...} is accepted too (the evaluation code's batches)."""
+
+    backend = ""
+
+    def __init__(self, config: MobileBertConfig, model_dir: Path, output_names: Sequence[str]):
+        self.config = config
+        self.model_dir = Path(model_dir)
+        self.output_names = tuple(output_names)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None) -> tuple:
+        if isinstance(input_ids, Mapping):
+            batch = input_ids
+            input_ids, token_type_ids, attention_mask = (batch.get(name) for name in INPUT_NAMES)
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
+                          else np.asarray(token_type_ids, dtype=np.int64))
+        attention_mask = (np.ones_like(input_ids) if attention_mask is None
+                          else np.asarray(attention_mask, dtype=np.int64))
+        return tuple(self.run(input_ids, token_type_ids, attention_mask))
+
+    def run(self, input_ids, token_type_ids, attention_mask):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_dir}, outputs={self.output_names})"
+
+
+class EagerPredictor(Predictor):
+    """The Paddle model in memory (dynamic graph)."""
+
+    backend = "eager"
+
+    def __init__(self, model, config: MobileBertConfig, model_dir: Path):
+        super().__init__(config, model_dir, output_names(config.architectures[0]))
+        self.model = model
+        model.eval()
+
+    def run(self, input_ids, token_type_ids, attention_mask):
+        import paddle
+
+        with paddle.no_grad():
+            outputs = self.model(paddle.to_tensor(input_ids), paddle.to_tensor(token_type_ids),
+                                 paddle.to_tensor(attention_mask))
+        outputs = (outputs,) if isinstance(outputs, paddle.Tensor) else outputs
+        return [output.numpy() for output in outputs if output is not None][:len(self.output_names)]
+
+
+class PaddleInferencePredictor(Predictor):
+    """A static Paddle model run by Paddle Inference (paddle.inference) on CPU."""
+
+    backend = "paddle"
+
+    def __init__(self, config: MobileBertConfig, model_dir: Path, prefix: Path, names: Sequence[str],
+                 threads: Optional[int] = None, mkldnn: bool = PADDLE_INFERENCE_MKLDNN):
+        from paddle import inference
+
+        super().__init__(config, model_dir, names)
+        settings = inference.Config(f"{prefix}.json", f"{prefix}.pdiparams")
+        settings.disable_gpu()
+        settings.set_cpu_math_library_num_threads(threads or default_threads())
+        if mkldnn:
+            settings.enable_mkldnn()
+        else:
+            settings.disable_mkldnn()
+        settings.switch_ir_optim(True)     # (enable_memory_optim fails on PIR programs in Paddle 3.3)
+        settings.disable_glog_info()
+        self.predictor = inference.create_predictor(settings)
+        self.threads = threads or default_threads()
+        self.mkldnn = mkldnn
+
+    def run(self, input_ids, token_type_ids, attention_mask):
+        arrays = dict(zip(INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
+        for name in self.predictor.get_input_names():
+            self.predictor.get_input_handle(name).copy_from_cpu(arrays[name])
+        self.predictor.run()
+        return [self.predictor.get_output_handle(name).copy_to_cpu() for name in self.predictor.get_output_names()]
+
+
+class OnnxPredictor(Predictor):
+    """An ONNX model run by ONNX Runtime on CPU with all graph optimisations."""
+
+    backend = "onnx"
+
+    def __init__(self, config: MobileBertConfig, model_dir: Path, model: "str | bytes", names: Sequence[str],
+                 threads: Optional[int] = None):
+        super().__init__(config, model_dir, names)
+        self.threads = threads or default_threads()
+        self.session = onnx_session(model, self.threads)
+        self.input_names = [item.name for item in self.session.get_inputs()]
+
+    def run(self, input_ids, token_type_ids, attention_mask):
+        arrays = dict(zip(INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
+        return self.session.run(list(self.output_names), {name: arrays[name] for name in self.input_names})
+
+
+def onnx_session(model: "str | bytes", threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3           # paddle2onnx leaves unused constants ORT warns about
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def load_predictor(model_dir: "str | os.PathLike", backend: str = "eager", *, fuse: bool = False,
+                   threads: Optional[int] = None) -> Predictor:
+    """A predictor for `model_dir` on `backend` ("eager", "paddle" or "onnx").
+
+    `model_dir` is an export dir (from `mobilebert export`) or a model dir with weights. An
+    export dir runs on the backend of its format; a model dir runs eagerly or, for "paddle" /
+    "onnx", is exported in memory first (with `fuse` if asked), so evaluating a trained model
+    on another backend needs no separate export step.
+    """
+    if backend not in BACKENDS:
+        raise UserInputError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    directory = Path(model_dir)
+    manifest = read_manifest(directory)
+    if manifest is not None and manifest["format"] == backend:
+        return load_exported(directory, manifest, threads)
+    has_weights = manifest is None and directory.is_dir()
+    if not has_weights:
+        if manifest is not None:
+            raise UserInputError(f"{directory}: holds a {manifest['format']} export, not a {backend} one "
+                                 f"(use --backend {manifest['format']}, or export with --format {backend})")
+        raise UserInputError(f"{directory}: no such model directory")
+    model, config = load_eager_model(directory)
+    if backend == "eager":
+        return EagerPredictor(model, config, directory)
+    logger.info("%s: exporting to %s in memory (run `mobilebert export` once to skip this)", directory, backend)
+    with tempfile.TemporaryDirectory(prefix="mobilebert-export-") as staging:
+        manifest = write_export(model, config, directory, Path(staging), backend, fuse=fuse)
+        return load_exported(Path(staging), manifest, threads, model_dir=directory)
+
+
+def load_eager_model(directory: Path):
+    """(Paddle model in eval mode, config) from a model dir with weights."""
+    from .convert import build_model, load_pretrained
+
+    config, state = load_pretrained(directory)
+    model = build_model(config, state)
+    config.architectures = [type(model).architecture]
+    model.load_converted_state_dict(state, source=str(directory))
+    model.eval()
+    return model, config
+
+
+def load_exported(directory: Path, manifest: dict, threads: Optional[int] = None,
+                  model_dir: Optional[Path] = None) -> Predictor:
+    config = MobileBertConfig.from_pretrained(directory)
+    names = manifest["outputs"]
+    shown_dir = model_dir or directory
+    if manifest["format"] == "paddle":
+        return PaddleInferencePredictor(config, shown_dir, directory / PADDLE_PREFIX, names, threads)
+    # Read the bytes now: the file may be in a temporary directory about to be removed.
+    return OnnxPredictor(config, shown_dir, (directory / manifest["model_file"]).read_bytes(), names, threads)
+
+
+def read_manifest(directory: Path) -> Optional[dict]:
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    manifest = read_json(path, "export manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
+        raise UserInputError(f"{path}: not a mobilebert export manifest (no valid 'format')")
+    model_file = manifest.get("model_file", "")
+    if not (directory / model_file).is_file() or not isinstance(manifest.get("outputs"), list):
+        raise UserInputError(f"{path}: names model file {model_file!r}, which is missing")
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------
+# Static graph and ONNX
+# ----------------------------------------------------------------------------------------
+
+def export_layer(model, architecture: str):
+    """A layer with forward(input_ids, token_type_ids, attention_mask) -> the head's output
+    tensors, which is what to_static traces. How many outputs there are is fixed here from
+    the architecture: inside the traced function a static value is not a paddle.Tensor,
+    so a type test there would pick the wrong branch."""
+    import paddle
+
+    class ExportWrapper(paddle.nn.Layer):
+        def __init__(self, inner, count: int):
+            super().__init__()
+            self.inner = inner
+            self.count = count
+
+        def forward(self, input_ids, token_type_ids, attention_mask):
+            outputs = self.inner(input_ids, token_type_ids, attention_mask)
+            if self.count == 1:
+                return outputs
+            return tuple(outputs[index] for index in range(self.count))
+
+    wrapper = ExportWrapper(model, len(output_names(architecture)))
+    wrapper.eval()
+    return wrapper
+
+
+def save_static_model(model, architecture: str, prefix: Path) -> None:
+    """to_static over (batch, length)-dynamic int64 inputs, then jit.save -> prefix.json/.pdiparams."""
+    import paddle
+    from paddle.static import InputSpec
+
+    shape = [None] * input_rank(architecture)
+    specs = [InputSpec(shape, "int64", name=name) for name in INPUT_NAMES]
+    static = paddle.jit.to_static(export_layer(model, architecture), input_spec=specs, full_graph=True)
+    paddle.jit.save(static, str(prefix))
+
+
+def static_to_onnx(prefix: Path, architecture: str, opset: int = ONNX_OPSET):
+    """paddle2onnx on the saved PIR program; returns the tidied onnx.ModelProto."""
+    import onnx
+    import paddle2onnx
+
+    try:
+        with stdout_to_stderr():   # paddle2onnx's C++ side prints progress on stdout, where our JSON goes
+            model_bytes = paddle2onnx.export(f"{prefix}.json", f"{prefix}.pdiparams", None, opset_version=opset,
+                                             enable_onnx_checker=True, enable_optimize=True)
+    except Exception as error:  # paddle2onnx logs and re-raises many types
+        raise RuntimeError(f"paddle2onnx could not convert the static model: {error}") from error
+    if not model_bytes:
+        raise RuntimeError("paddle2onnx returned an empty model")
+    model = onnx.load_from_string(model_bytes)
+    tidy_onnx(model, architecture)
+    return model
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send file descriptor 1 (C/C++ libraries' stdout included) to stderr for a while."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def quiet_root_logger(level: int = logging.WARNING):
+    """onnxruntime.quantization logs a line per tensor on the root logger at INFO."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
+def tidy_onnx(model, architecture: str) -> None:
+    """Name the outputs after the head's outputs and the dynamic axes after what they hold;
+    drop the constants paddle2onnx leaves unused."""
+    graph = model.graph
+    renames = {output.name: name for output, name in zip(graph.output, output_names(architecture))}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            node.input[index] = renames.get(name, name)
+        for index, name in enumerate(node.output):
+            node.output[index] = renames.get(name, name)
+    for output in graph.output:
+        output.name = renames.get(output.name, output.name)
+    axes = ("batch", "choices", "sequence") if input_rank(architecture) == 3 else ("batch", "sequence")
+    for value in list(graph.input) + list(graph.output):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if not dim.dim_value:
+                dim.dim_param = axes[min(axis, len(axes) - 1)]
+    constants_to_initializers(graph)
+    used = {name for node in graph.node for name in node.input}
+    unused = [item for item in graph.initializer if item.name not in used]
+    for item in unused:
+        graph.initializer.remove(item)
+
+
+def constants_to_initializers(graph) -> None:
+    """paddle2onnx writes every weight as a Constant node, and many Identity nodes; make the
+    constants initializers (what the int8 quantizer looks for) and drop the Identities."""
+    from onnx import helper
+
+    outputs = {output.name for output in graph.output}
+    constants = {}
+    for node in list(graph.node):
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = helper.get_attribute_value(node.attribute[0])
+            tensor.name = node.output[0]
+            constants[tensor.name] = tensor
+            graph.node.remove(node)
+    aliases = {}
+    for node in list(graph.node):   # read through Identity nodes (nodes are in topological order)
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            aliases[node.output[0]] = aliases.get(node.input[0], node.input[0])
+            graph.node.remove(node)
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            node.input[index] = aliases.get(name, name)
+    graph.initializer.extend(constants.values())
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+    """Dynamic quantization: int8 weights (per output channel), uint8 activations quantized per
+    batch at run time, for every MatMul / Gemm."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet_root_logger():
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+
+
+# ----------------------------------------------------------------------------------------
+# Writing an export directory
+# ----------------------------------------------------------------------------------------
+
+def probe_batch(config: MobileBertConfig, architecture: str, seed: int = 0) -> dict:
+    """Random ids of a shape no export is specialised to (3 rows x 11, with padding)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array([11, 6, 9])
+    width = min(int(lengths.max()), config.max_position_embeddings)
+    shape = (len(lengths), width)
+    input_ids = rng.integers(min(5, config.vocab_size - 1), config.vocab_size, size=shape)
+    attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    token_type_ids = ((np.arange(width)[None, :] >= lengths[:, None] // 2) * attention_mask).astype(np.int64)
+    input_ids = np.where(attention_mask == 1, input_ids, 0).astype(np.int64)
+    batch = dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+    if input_rank(architecture) == 3:
+        batch = {name: np.stack([value, np.roll(value, 1, axis=0)], axis=1) for name, value in batch.items()}
+    return batch
+
+
+def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
+    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
+    scale = np.abs(reference).max()
+    return float(np.abs(value - reference).max() / (scale if scale > 0 else 1.0))
+
+
+def compare_with_eager(predictor: Predictor, reference: Predictor, batch: dict) -> dict:
+    """{output name: relative error} of `predictor` against the eager model on `batch`."""
+    expected, actual = reference(batch), predictor(batch)
+    return {name: relative_error(got, want) for name, got, want in zip(predictor.output_names, actual, expected)}
+
+
+def write_export(model, config: MobileBertConfig, source: Path, staging: Path, export_format: str,
+                 fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET) -> dict:
+    """Write the export into the (empty) directory `staging`; returns the manifest."""
+    from .convert import copy_tokenizer_files
+
+    architecture = config.architectures[0]
+    layer = model
+    if fuse:
+        from .fuse import FuseError, fuse_model
+
+        try:
+            layer = fuse_model(model)
+        except FuseError as error:
+            raise UserInputError(f"{source}: {error}; export without --fuse") from None
+    config.save_pretrained(staging)
+    copy_tokenizer_files(source, staging)
+    manifest = {"format": export_format, "architecture": architecture, "fused": fuse, "quantization": quantize,
+                "inputs": list(INPUT_NAMES), "outputs": list(output_names(architecture))}
+    if export_format == "paddle":
+        save_static_model(layer, architecture, staging / PADDLE_PREFIX)
+        manifest["model_file"] = f"{PADDLE_PREFIX}.json"
+    else:
+        manifest.update(write_onnx(layer, config, staging, fuse, quantize, opset))
+    manifest["versions"] = library_versions(export_format)
+    atomic_write_json(staging / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def write_onnx(layer, config: MobileBertConfig, staging: Path, fuse: bool, quantize: Optional[str],
+               opset: int) -> dict:
+    """model.onnx in `staging`. Order matters: the residual-Gemm rewrite needs standard ONNX
+    shape inference, the int8 quantizer quantizes MatMul (not Gemm) and cannot type the
+    com.microsoft attention op, so: Gemms (fp32 only), then int8, then attention."""
+    import onnx
+
+    from .fuse import fuse_residual_gemms, use_multi_head_attention
+
+    architecture = config.architectures[0]
+    with tempfile.TemporaryDirectory(prefix="static-", dir=staging) as static_dir:
+        prefix = Path(static_dir) / PADDLE_PREFIX
+        save_static_model(layer, architecture, prefix)
+        model = static_to_onnx(prefix, architecture, opset)
+    rewrites = {}
+    if fuse and quantize is None:
+        rewrites["residual_gemms"] = fuse_residual_gemms(model)
+    if quantize == "int8":
+        fp32_path, int8_path = staging / "model.fp32.onnx", staging / "model.int8.onnx"
+        onnx.save(model, str(fp32_path))
+        quantize_int8(fp32_path, int8_path)
+        model = onnx.load(str(int8_path))
+        fp32_path.unlink()
+        int8_path.unlink()
+    if fuse:
+        rewrites["multi_head_attention"] = use_multi_head_attention(model, config.num_attention_heads,
+                                                                    config.true_hidden_size)
+    onnx.save(model, str(staging / ONNX_NAME))
+    return {"model_file": ONNX_NAME, "opset": opset, "graph_rewrites": rewrites}
+
+
+def library_versions(export_format: str) -> dict:
+    import paddle
+
+    versions = {"paddlepaddle": paddle.__version__}
+    if export_format == "onnx":
+        import onnxruntime
+        import paddle2onnx
+
+        versions.update(paddle2onnx=paddle2onnx.__version__, onnxruntime=onnxruntime.__version__)
+    return versions
+
+
+def check_output_dir(output: Path, source: Path) -> None:
+    """Refuse, before any work, an output that cannot be written or would replace something
+    that is not an export (the whole directory is replaced)."""
+    if output.resolve() == source.resolve():
+        raise UserInputError(f"{output}: --output is the model directory itself; choose another directory")
+    if output.exists() and not output.is_dir():
+        raise UserInputError(f"{output}: --output exists and is not a directory")
+    if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
+        raise UserInputError(f"{output}: --output is a non-empty directory that is not an export; "
+                             "choose a new or empty directory (an export there is replaced whole)")
+    ancestor = output.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserInputError(f"{output}: cannot create the output directory ({ancestor} is not a writable directory)")
+
+
+def check_options(export_format: str, quantize: Optional[str]) -> None:
+    if export_format not in FORMATS:
+        raise UserInputError(f"unknown --format {export_format!r}: expected one of {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise UserInputError(f"unknown --quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
+    if quantize is not None and export_format != "onnx":
+        raise UserInputError("--quantize int8 needs --format onnx (Paddle Inference int8 is not supported here)")
+
+
+def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike", export_format: str = "onnx",
+                 fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET) -> dict:
+    """Export the model in `model_dir` to `output_dir` (replaced atomically); returns the summary."""
+    check_options(export_format, quantize)
+    source, output = Path(model_dir), Path(output_dir)
+    if not source.is_dir():
+        raise UserInputError(f"{source}: no such model directory")
+    check_output_dir(output, source)
+    started = time.perf_counter()
+    model, config = load_eager_model(source)
+    reference = EagerPredictor(model, config, source)
+    try:
+        with atomic_directory(output) as staging:
+            manifest = write_export(model, config, source, staging, export_format, fuse, quantize, opset)
+            batch = probe_batch(config, manifest["architecture"])
+            errors = compare_with_eager(load_exported(staging, manifest), reference, batch)
+            manifest["probe"] = {"shape": list(batch["input_ids"].shape), "relative_error": errors}
+            check_probe(errors, quantize, output)
+            atomic_write_json(staging / MANIFEST_NAME, manifest)
+    except PermissionError as error:
+        raise UserInputError(f"{output}: cannot write the export ({error.strerror})") from None
+    files = sorted(path.name for path in output.iterdir())
+    return {"model": str(source), "output": str(output), **manifest, "files": files,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def check_probe(errors: dict, quantize: Optional[str], output: Path) -> None:
+    worst = max(errors.values())
+    if quantize:
+        logger.info("%s: int8 model vs eager on the probe batch: relative error %.3g", output, worst)
+    elif worst > EXPORT_TOLERANCE:
+        raise RuntimeError(f"{output}: the export differs from the eager model by relative error {worst:.3g} "
+                           f"(> {EXPORT_TOLERANCE}); nothing was written")
+
+
+# ----------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model dir with weights (e.g. runs/squad1/best)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx",
+                        help="paddle: static Paddle inference model (model.json + model.pdiparams); "
+                             "onnx: model.onnx via paddle2onnx")
+    parser.add_argument("--output", required=True, help="export directory to write (replaced atomically)")
+    parser.add_argument("--fuse", action="store_true",
+                        help="inference-only rewrite: fold NoNorms into the Linears, merge projections "
+                             "that read the same input (same outputs within float32 rounding)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
+                        help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only)")
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset version")
+
+
+def run(args: argparse.Namespace) -> dict:
+    return export_model(args.model, args.output, args.format, fuse=args.fuse, quantize=args.quantize,
+                        opset=args.opset)

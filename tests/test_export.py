@@ -1,0 +1,354 @@
+"""Export (static Paddle, ONNX, fused, int8), load_predictor and bench, on tiny models.
+
+Every export must equal the eager Paddle model (relative error <= 1e-5, fp32) at batch sizes
+and lengths other than the probe batch the export was checked on, with padding. The fused
+rewrite is also checked in dygraph for every config variant. Timing targets are measured by
+`mobilebert bench` on the full-size model, not here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilebert_paddle import cli
+from mobilebert_paddle.convert import convert
+from mobilebert_paddle.export import export_model, load_predictor, read_manifest
+from mobilebert_paddle.errors import UserInputError
+
+from reference import VARIANTS, make_hf_model, padded_batch, relative_error, run_paddle, save_hf
+
+QA = "MobileBertForQuestionAnswering"
+CLASSIFICATION = "MobileBertForSequenceClassification"
+TOLERANCE = 1e-5
+# (lengths of the rows) -> batch shapes unlike the (3, 11) probe batch of the export itself.
+CHECK_LENGTHS = [(5,), (23, 4, 17, 9), (2, 1)]
+
+
+def paddle_model_dir(root: Path, head: str, **config) -> Path:
+    hf_dir = save_hf(make_hf_model(head, **config), root / "hf")
+    convert(hf_dir, root / "paddle")
+    return root / "paddle"
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict:
+    return {head: paddle_model_dir(tmp_path_factory.mktemp(head[10:]), head, num_labels=3 if head == CLASSIFICATION else 2)
+            for head in (QA, CLASSIFICATION)}
+
+
+@pytest.fixture(scope="module")
+def eager(model_dirs) -> dict:
+    return {head: load_predictor(directory, "eager") for head, directory in model_dirs.items()}
+
+
+def assert_equal_to_eager(predictor, reference, vocab_size: int, tolerance: float = TOLERANCE) -> list:
+    errors = []
+    for seed, lengths in enumerate(CHECK_LENGTHS):
+        batch = padded_batch(vocab_size, lengths=lengths, seed=seed)
+        expected = reference(**batch)
+        actual = predictor(**batch)
+        assert len(actual) == len(expected)
+        for got, want in zip(actual, expected):
+            assert got.shape == want.shape
+            errors.append(relative_error(got, want))
+    assert max(errors) <= tolerance, errors
+    return errors
+
+
+# ----------------------------------------------------------------------------------------
+# Exports equal eager
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("head", [QA, CLASSIFICATION])
+@pytest.mark.parametrize("export_format,fuse", [("paddle", False), ("onnx", False), ("onnx", True), ("paddle", True)])
+def test_export_equals_eager(tmp_path, model_dirs, eager, head, export_format, fuse):
+    summary = export_model(model_dirs[head], tmp_path / "export", export_format, fuse=fuse)
+    assert max(summary["probe"]["relative_error"].values()) <= TOLERANCE
+    predictor = load_predictor(tmp_path / "export", export_format)
+    assert predictor.output_names == (("start_logits", "end_logits") if head == QA else ("logits",))
+    assert predictor.config.architectures == [head]
+    assert_equal_to_eager(predictor, eager[head], predictor.config.vocab_size)
+    # config and tokenizer travel with the export, so evaluate/predict can run on it
+    assert {"config.json", "vocab.txt", "export.json"} <= {path.name for path in (tmp_path / "export").iterdir()}
+
+
+def test_fused_onnx_graph_is_rewritten(tmp_path, model_dirs):
+    """The ONNX-level rewrites really happen: one attention op per layer, the residual
+    matmul + add pairs as Gemms, and no NoNorm multiply left."""
+    import onnx
+
+    summary = export_model(model_dirs[QA], tmp_path / "fused", "onnx", fuse=True)
+    plain = export_model(model_dirs[QA], tmp_path / "plain", "onnx")
+    layers = 2
+    assert summary["graph_rewrites"]["multi_head_attention"] == layers
+    # per layer: attention output + 2 FFNs (each a residual step) + output bottleneck; plus embeddings
+    assert summary["graph_rewrites"]["residual_gemms"] == layers * 4 + 1
+
+    def op_count(directory, op_type):
+        return sum(node.op_type == op_type for node in onnx.load(str(directory / "model.onnx")).graph.node)
+
+    assert op_count(tmp_path / "fused", "MultiHeadAttention") == layers
+    assert op_count(tmp_path / "fused", "Softmax") == 0
+    assert op_count(tmp_path / "fused", "Mul") < op_count(tmp_path / "plain", "Mul")
+    assert len(onnx.load(str(tmp_path / "fused" / "model.onnx")).graph.node) < 0.6 * len(
+        onnx.load(str(tmp_path / "plain" / "model.onnx")).graph.node)
+    assert plain["graph_rewrites"] == {}
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_int8_runs(tmp_path, model_dirs, eager, fuse):
+    """Dynamic int8 runs at any shape and stays near fp32 (accuracy is judged on a trained
+    model, not on random tiny weights)."""
+    summary = export_model(model_dirs[QA], tmp_path / "int8", "onnx", fuse=fuse, quantize="int8")
+    assert summary["quantization"] == "int8"
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    predictor = load_predictor(tmp_path / "int8", "onnx")
+    for lengths in CHECK_LENGTHS:
+        batch = padded_batch(predictor.config.vocab_size, lengths=lengths)
+        outputs, expected = predictor(**batch), eager[QA](**batch)
+        for got, want in zip(outputs, expected):
+            assert got.shape == want.shape and np.all(np.isfinite(got))
+    # close-ish: the logits over a larger batch still correlate strongly with fp32
+    batch = padded_batch(predictor.config.vocab_size, lengths=(30, 25, 12, 30, 7, 19))
+    for got, want in zip(predictor(**batch), eager[QA](**batch)):
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+
+
+# ----------------------------------------------------------------------------------------
+# The fused rewrite itself, every config variant (dygraph, no export)
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("head", [QA, CLASSIFICATION, "MobileBertModel"])
+def test_fuse_model_equals_eager_every_variant(variant, head):
+    from mobilebert_paddle.convert import build_model, hf_to_paddle
+    from mobilebert_paddle.config import MobileBertConfig
+    from mobilebert_paddle.fuse import fuse_model
+
+    hf_model = make_hf_model(head, **VARIANTS[variant])
+    config = MobileBertConfig.from_dict(hf_model.config.to_dict())
+    config.architectures = [head]
+    state = hf_to_paddle({key: value.detach().numpy() for key, value in hf_model.state_dict().items()}, config)
+    model = build_model(config, state)
+    model.load_converted_state_dict(state)
+    fused = fuse_model(model)
+    batch = padded_batch(config.vocab_size, lengths=(9, 4, 13))
+    expected, actual = run_paddle(model, batch), run_paddle(fused, batch)
+    pairs = [(expected, actual)] if head == CLASSIFICATION else list(zip(expected[:2], actual[:2]))
+    for want, got in pairs:
+        assert relative_error(got.numpy(), want.numpy()) <= TOLERANCE
+
+
+def test_fuse_refuses_zero_nonorm_scale(tmp_path):
+    """A NoNorm weight entry of exactly 0 cannot be divided out: a one-line error, nothing written."""
+    import torch
+
+    hf_model = make_hf_model(QA)
+    with torch.no_grad():
+        hf_model.mobilebert.encoder.layer[1].ffn[0].output.LayerNorm.weight[3] = 0.0
+    hf_dir = save_hf(hf_model, tmp_path / "hf")
+    convert(hf_dir, tmp_path / "paddle")
+    with pytest.raises(UserInputError, match="NoNorm weight has an entry of exactly 0"):
+        export_model(tmp_path / "paddle", tmp_path / "out", "onnx", fuse=True)
+    assert not (tmp_path / "out").exists()
+    export_model(tmp_path / "paddle", tmp_path / "out", "onnx")  # without --fuse it exports
+
+
+# ----------------------------------------------------------------------------------------
+# load_predictor
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["onnx", "paddle"])
+def test_load_predictor_exports_a_model_dir_in_memory(model_dirs, eager, backend):
+    """`evaluate --backend onnx --model <trained model dir>` works without a separate export."""
+    predictor = load_predictor(model_dirs[QA], backend, fuse=True)
+    assert predictor.backend == backend and predictor.model_dir == model_dirs[QA]
+    assert_equal_to_eager(predictor, eager[QA], predictor.config.vocab_size)
+    assert not (model_dirs[QA] / "export.json").exists()
+
+
+def test_predictor_call_forms(model_dirs, eager):
+    """Arrays as arguments, one dict (the evaluation code's batches), or ids alone."""
+    predictor = eager[QA]
+    batch = padded_batch(predictor.config.vocab_size, lengths=(6, 6))
+    by_arguments = predictor(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    by_dict = predictor(batch)
+    ids_only = predictor(batch["input_ids"])
+    explicit = predictor(batch["input_ids"], np.zeros_like(batch["input_ids"]), np.ones_like(batch["input_ids"]))
+    for left, right in zip(by_arguments, by_dict):
+        np.testing.assert_array_equal(left, right)
+    for left, right in zip(ids_only, explicit):
+        np.testing.assert_array_equal(left, right)
+
+
+def test_load_predictor_wrong_backend_for_export(tmp_path, model_dirs):
+    export_model(model_dirs[QA], tmp_path / "export", "onnx")
+    with pytest.raises(UserInputError, match="holds a onnx export"):
+        load_predictor(tmp_path / "export", "paddle")
+    with pytest.raises(UserInputError, match="holds a onnx export"):
+        load_predictor(tmp_path / "export", "eager")
+    with pytest.raises(UserInputError, match="unknown backend"):
+        load_predictor(tmp_path / "export", "tensorrt")
+    assert read_manifest(tmp_path / "export")["format"] == "onnx"
+
+
+# ----------------------------------------------------------------------------------------
+# The CLI: JSON on stdout, bad input -> one line, exit 2, nothing written
+# ----------------------------------------------------------------------------------------
+
+def test_cli_export_prints_only_json(tmp_path, model_dirs, capfd):
+    code = cli.main(["export", "--model", str(model_dirs[CLASSIFICATION]), "--format", "onnx", "--fuse",
+                     "--output", str(tmp_path / "out")])
+    stdout = capfd.readouterr().out
+    assert code == 0
+    summary = json.loads(stdout)  # paddle2onnx's own prints went to stderr
+    assert summary["fused"] is True and summary["architecture"] == CLASSIFICATION
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+def one_line_error(capfd) -> str:
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    lines = [line for line in captured.err.splitlines() if line.startswith("mobilebert")]
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_cli_model_dir_without_weights(tmp_path, model_dirs, capfd):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((model_dirs[QA] / "config.json").read_text())
+    code = cli.main(["export", "--model", str(broken), "--format", "onnx", "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert "no weights found" in one_line_error(capfd)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unknown_format(tmp_path, model_dirs, capfd):
+    code = None
+    try:
+        code = cli.main(["export", "--model", str(model_dirs[QA]), "--format", "tflite", "--output", str(tmp_path / "out")])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert "--format" in one_line_error(capfd)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unwritable_output(tmp_path, model_dirs, capfd):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    code = cli.main(["export", "--model", str(model_dirs[QA]), "--output", str(blocker / "out")])
+    assert code == 2
+    assert "cannot create the output directory" in one_line_error(capfd)
+    assert blocker.read_text() == "not a directory"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_cli_refuses_to_replace_a_non_export_dir(tmp_path, model_dirs, capfd):
+    """--output pointing at a directory with other files would be replaced whole: refused."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    code = cli.main(["export", "--model", str(model_dirs[QA]), "--output", str(keep)])
+    assert code == 2
+    assert "not an export" in one_line_error(capfd)
+    assert [path.name for path in keep.iterdir()] == ["notes.txt"]
+    code = cli.main(["export", "--model", str(model_dirs[QA]), "--output", str(model_dirs[QA])])
+    assert code == 2
+    assert "model directory itself" in one_line_error(capfd)
+
+
+def test_cli_quantize_needs_onnx(tmp_path, model_dirs, capfd):
+    code = cli.main(["export", "--model", str(model_dirs[QA]), "--format", "paddle", "--quantize", "int8",
+                     "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert "--quantize int8 needs --format onnx" in one_line_error(capfd)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# bench
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["default", "no_bottleneck", "bottleneck_attention", "four_ffn",
+                                     "no_trigram_same_width"])
+def test_model_flops_counts_every_linear(variant):
+    """The analytic FLOP count equals one read off the module tree: every Linear's in x out
+    per token (per sequence for the pooler and classifier), plus QK^T and PV."""
+    import paddle
+
+    from mobilebert_paddle.bench import model_flops
+    from mobilebert_paddle.config import MobileBertConfig
+    from mobilebert_paddle.model import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
+
+    from reference import TINY
+
+    config = MobileBertConfig(**{**TINY, **VARIANTS[variant]})
+    batch, length = 3, 10
+    for head in (MobileBertForQuestionAnswering, MobileBertForSequenceClassification):
+        with paddle.LazyGuard():
+            model = head(config)
+        per_token = per_sequence = 0
+        unused = []   # built by the model (as by HF) but not applied in forward
+        if not (config.trigram_input or config.embedding_size != config.hidden_size):
+            unused.append("embedding_transformation")
+        if config.use_bottleneck_attention:
+            unused.append("bottleneck.attention.dense")
+        for name, layer in model.named_sublayers():
+            if name.endswith(tuple(unused)):
+                continue
+            if isinstance(layer, paddle.nn.Linear):
+                multiply_adds = layer.weight.shape[0] * layer.weight.shape[1]
+                if "pooler" in name or name == "classifier":
+                    per_sequence += multiply_adds
+                else:
+                    per_token += multiply_adds
+        attention = config.num_hidden_layers * 2 * length * length * config.true_hidden_size
+        expected = 2 * batch * (length * per_token + per_sequence + attention)
+        config.architectures = [head.architecture]
+        assert model_flops(config, batch, length, head.architecture) == expected
+
+
+def test_model_flops_full_size_matches_issue():
+    """Issue 6 quotes 5.18 GFLOP at 1x128 and 124 GFLOP at 8x384 for the Linears alone."""
+    from mobilebert_paddle.bench import model_flops
+    from mobilebert_paddle.config import MobileBertConfig
+
+    config = MobileBertConfig()
+    for (batch, length), linears in [((1, 128), 5.18e9), ((8, 384), 124e9)]:
+        attention = 2 * batch * 24 * 2 * length * length * 128
+        head = 2 * batch * length * 512 * 2
+        total = model_flops(config, batch, length, "MobileBertForQuestionAnswering")
+        assert abs(total - attention - head - linears) / linears < 0.005
+
+
+def test_bench_smoke(tmp_path, model_dirs, capfd):
+    code = cli.main(["bench", "--model", str(model_dirs[QA]), "--batch", "2", "--seq", "8,16", "--runs", "2",
+                     "--warmup", "1", "--pause", "0", "--backends", "torch,paddle-eager,onnx-fused",
+                     "--output", str(tmp_path / "bench")])
+    assert code == 0
+    report = json.loads(capfd.readouterr().out)
+    assert list(report["shapes"]) == ["2x8", "2x16"]
+    rows = report["shapes"]["2x16"]["backends"]
+    assert set(rows) == {"torch", "paddle-eager", "onnx-fused"}
+    assert rows["torch"]["vs_torch"] == 1.0 and rows["onnx-fused"]["ms"] > 0
+    # the PyTorch twin has the same weights: every backend agrees with it
+    assert max(report["output_check"]["errors"].values()) <= TOLERANCE
+    assert (tmp_path / "bench" / "bench.json").is_file()
+    assert (tmp_path / "bench" / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_bad_backend(tmp_path, model_dirs, capfd):
+    code = cli.main(["bench", "--model", str(model_dirs[QA]), "--backends", "onnx,tensorrt",
+                     "--output", str(tmp_path / "bench")])
+    assert code == 2
+    assert "unknown tensorrt" in one_line_error(capfd)
+    assert not (tmp_path / "bench").exists()

@@ -10,6 +10,7 @@ returned dict is the run's JSON summary, printed on stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -68,6 +69,40 @@ def quiet_imports() -> None:
     warnings.filterwarnings("ignore", message="No ccache found")
 
 
+class WithoutPaddleThreadAdvice:
+    """sys.stderr minus the two lines Paddle prints at import whenever OMP_NUM_THREADS > 1 (which
+    use_all_cores makes the default): advice about data parallel with OpenBlas, not about this
+    run, and stray lines before a command's one-line error. Everything else passes through."""
+
+    ADVICE = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY.")
+
+    def __init__(self, stream):
+        self.stream, self.dropped_line = stream, False
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.ADVICE):     # print() writes the text, then "\n" on its own
+            self.dropped_line = True
+            return len(text)
+        if self.dropped_line and text == "\n":
+            self.dropped_line = False
+            return len(text)
+        self.dropped_line = False
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def paddle_thread_advice_dropped():
+    original = sys.stderr
+    sys.stderr = WithoutPaddleThreadAdvice(original)
+    try:
+        yield
+    finally:
+        sys.stderr = original
+
+
 def build_parser(command_name: str | None) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="mobilebert", description="MobileBERT in PaddlePaddle.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
@@ -91,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_imports()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    with paddle_thread_advice_dropped():   # Paddle is imported lazily, by whichever step needs it first
+        return run_command(argv)
+
+
+def run_command(argv: list[str]) -> int:
     command_name = next((arg for arg in argv if not arg.startswith("-")), None)
     if command_name not in COMMANDS:
         command_name = None

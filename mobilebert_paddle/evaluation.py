@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import UserInputError
-from .files import atomic_write_json, ensure_writable_dir
+from .files import atomic_write_json, check_creatable_dir, ensure_writable_dir
 from .tasks import (CLASSIFICATION_HEAD, MODEL_INPUT_NAMES, QA_HEAD, TASK_NAMES, EvalResult, EvalSet, Task,
                     TaskSettings, get_task, load_eval_sets)
 
@@ -222,7 +222,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> dict:
     task = get_task(args.task)
     settings = TaskSettings.from_args(args, task)
-    output = ensure_writable_dir(args.output)
+    output = check_creatable_dir(args.output)    # created only when there is something to write
     check_positive(batch_size=args.batch_size)
     if args.backend == "eager":
         select_device(args.device)
@@ -231,7 +231,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     sources = [f"hub:{split}" for split in task.hub_dev_splits] if args.data == ["hub"] else args.data
     eval_sets = load_eval_sets(task, sources, model.tokenizer, settings)
     result = evaluate_task(task, model.predictor, eval_sets, settings, args.batch_size, model.config.id2label)
-    files = write_evaluation(task, result, output)
+    files = write_evaluation(task, result, ensure_writable_dir(output))
     return {"task": task.name, "model": str(args.model), "backend": args.backend,
             "data": {eval_set.name: eval_set.source for eval_set in eval_sets},
             "examples": {eval_set.name: len(eval_set.examples) for eval_set in eval_sets},
@@ -264,6 +264,10 @@ def run_predict(args: argparse.Namespace) -> dict:
     if question_answering == (args.text is not None or args.text_pair is not None):
         raise UserInputError("give --question and --context (question answering) or --text [--text-pair] "
                              "(classification), not both")
+    required = {"--question": args.question, "--context": args.context} if question_answering else {"--text": args.text}
+    for flag, value in required.items():   # checked before Paddle loads (seconds)
+        if not (value or "").strip():
+            raise UserInputError(f"{flag} is missing or empty")
     check_positive(top_k=args.top_k)
     if args.backend == "eager":
         select_device(args.device)
@@ -275,9 +279,6 @@ def run_predict(args: argparse.Namespace) -> dict:
 def predict_answer(args: argparse.Namespace) -> dict:
     from .squad import SquadExample, postprocess_predictions
 
-    for flag, value in (("--question", args.question), ("--context", args.context)):
-        if not (value or "").strip():
-            raise UserInputError(f"{flag} is missing or empty")
     model = load_inference_model(args.model, QA_HEAD, args.backend)
     version_2 = model.config.extra.get("finetuning_task") == "squad2"
     task = get_task("squad2" if version_2 else "squad1")
@@ -298,8 +299,6 @@ def predict_answer(args: argparse.Namespace) -> dict:
 def predict_label(args: argparse.Namespace) -> dict:
     from .glue import GlueExample, build_glue_features
 
-    if not (args.text or "").strip():
-        raise UserInputError("--text is missing or empty")
     model = load_inference_model(args.model, CLASSIFICATION_HEAD, args.backend)
     max_seq_length = args.max_seq_length or 128
     check_sequence_length(max_seq_length, model.config, args.model)

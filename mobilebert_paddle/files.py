@@ -30,6 +30,24 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_creatable_dir(path: str | os.PathLike) -> Path:
+    """Check, creating nothing, that `path` is a writable directory or could be made one.
+
+    Commands call this before reading their inputs and create the directory only once they
+    have something to write, so a bad input leaves no empty output directory behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"{path}: output directory is not writable (a file is in the way)")
+    ancestor = next(candidate for candidate in (path, *path.absolute().parents) if candidate.exists())
+    if not ancestor.is_dir():
+        raise UserInputError(f"{path}: output directory is not writable ({ancestor} is a file)")
+    try:
+        tempfile.NamedTemporaryFile(dir=ancestor, prefix=".write-test-", delete=True).close()
+    except OSError as error:
+        raise UserInputError(f"{path}: output directory is not writable ({error.strerror or error})") from None
+    return path
+
+
 def _default_mode(directory: bool) -> int:
     """The mode a plain open()/mkdir() would give under the current umask (mkstemp and
     mkdtemp use 0600/0700, which would hide written models from other users)."""

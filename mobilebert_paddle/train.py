@@ -49,8 +49,8 @@ from paddle.io import DistributedBatchSampler
 from .errors import UserInputError
 from .evaluation import (add_task_settings_arguments, check_sequence_length, eager_predictor, evaluate_task,
                          select_device, write_evaluation)
-from .files import (atomic_directory, atomic_write_json, atomic_write_text, ensure_writable_dir, read_json,
-                    recover_directory)
+from .files import (atomic_directory, atomic_write_json, atomic_write_text, check_creatable_dir, ensure_writable_dir,
+                    read_json, recover_directory)
 from .tasks import (MODEL_INPUT_NAMES, TASK_NAMES, Task, TaskSettings, dev_sources, get_task, load_eval_sets,
                     read_train_examples, recipe_table)
 
@@ -198,8 +198,12 @@ class GlobalBatchSampler(DistributedBatchSampler):
             self.epoch, self.order = epoch, self.epoch_order(epoch)
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_rows, self.global_batch_size)
-        return full + int(rest >= self.min_batch_size)
+        return self.batches_per_epoch(self.num_rows, self.global_batch_size, self.min_batch_size)
+
+    @staticmethod
+    def batches_per_epoch(num_rows: int, global_batch_size: int, min_batch_size: int = 1) -> int:
+        full, rest = divmod(num_rows, global_batch_size)
+        return full + int(rest >= max(1, min_batch_size))
 
     def global_batch(self, number: int) -> np.ndarray:
         return self.order[number * self.global_batch_size:(number + 1) * self.global_batch_size]
@@ -649,24 +653,34 @@ def best_main_metric(task: Task, eval_sets) -> str:
 # --------------------------------------------------------------------------------------------
 
 def prepare_output(config, is_main: bool) -> Path:
-    """Check OUTPUT is writable and holds no other run (unless --resume / --overwrite)."""
-    output = ensure_writable_dir(config.output)
+    """Check OUTPUT can be written and holds no other run (unless --resume / --overwrite), and
+    tidy an existing one after a kill. Nothing is created or deleted for good here: that waits
+    for `start_output`, once the inputs have been read, so a bad input leaves OUTPUT as it was."""
+    output = check_creatable_dir(config.output)
     earlier = [name for name in ("last", "best", "metrics.jsonl") if (output / name).exists()]
     if earlier and not (config.resume or config.overwrite):
         raise UserInputError(f"{output}: already holds a run ({', '.join(earlier)}); pass --resume to continue it, "
                              f"--overwrite to replace it, or another --output")
-    if is_main:
+    if is_main and output.is_dir():
         for stale in output.glob(".*.tmp"):        # staging dirs / temp files of a write that was killed
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
-        if config.overwrite and not config.resume:
-            for name in ("last", "best", "vdl"):
-                shutil.rmtree(output / name, ignore_errors=True)
         recover_directory(output / "last")
         recover_directory(output / "best")
     return output
+
+
+def start_output(config, output: Path, is_main: bool) -> None:
+    """The inputs are good: create OUTPUT and, with --overwrite, clear the earlier run."""
+    if is_main:
+        ensure_writable_dir(output)
+        if config.overwrite and not config.resume:
+            for name in ("last", "best", "vdl"):
+                shutil.rmtree(output / name, ignore_errors=True)
+    if dist.get_world_size() > 1:
+        dist.barrier()   # rank 0 has created / cleared the run dir
 
 
 def init_distributed(device: str) -> str:
@@ -677,17 +691,30 @@ def init_distributed(device: str) -> str:
     return device
 
 
-def load_start(task: Task, config, output: Path):
-    """(model with the task's head, tokenizer): from last/ when resuming, else from --model."""
-    from .convert import tokenizer_source
-    from .tokenizer import MobileBertTokenizer
+def start_source(config, output: Path) -> Path:
+    """The model dir training starts from: last/ when resuming, else --model (a hub id resolved)."""
+    from .convert import resolve_source
 
     last = output / "last"
-    source = last if config.resume and (last / CHECKPOINT_STATE).is_file() else config.model
+    return last if config.resume and (last / CHECKPOINT_STATE).is_file() else resolve_source(config.model)
+
+
+def check_start(config, source: Path):
+    """Read and check the start's config.json and weights, and return its tokenizer. The model
+    is built later (load_start_model, which logs a new head): every input is checked first."""
+    from .convert import load_pretrained
+    from .tokenizer import MobileBertTokenizer
+
+    model_config, _ = load_pretrained(source)     # a bad dir fails here; the weights are read again later
+    check_sequence_length(config.max_seq_length, model_config, config.model)
+    return MobileBertTokenizer.from_pretrained(source)
+
+
+def load_start_model(task: Task, source: Path):
+    """The model with the task's head (a new head is initialised from Paddle's seed)."""
     model = task.model_class().from_pretrained(source, **task.config_changes())
     model.config.extra["finetuning_task"] = task.name
-    tokenizer = MobileBertTokenizer.from_pretrained(tokenizer_source(source))
-    return model, tokenizer
+    return model
 
 
 def load_data(task: Task, config, tokenizer) -> tuple[dict[str, np.ndarray], list, str]:
@@ -710,19 +737,23 @@ def run_finetune(args: argparse.Namespace) -> dict | None:
     device = init_distributed(config.device)
     if config.amp == "bf16" and device != "gpu":
         raise UserInputError("--amp bf16 needs a GPU (on CPU, train in fp32: the default)")
-    output = prepare_output(config, dist.get_rank() == 0)
+    is_main = dist.get_rank() == 0
+    output = prepare_output(config, is_main)
     if dist.get_world_size() > 1:
         dist.barrier()   # rank 0 has recovered / cleaned the run dir
+    source = start_source(config, output)
+    tokenizer = check_start(config, source)
+    rows, eval_sets, train_source = load_data(task, config, tokenizer)
+    minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
+    if GlobalBatchSampler.batches_per_epoch(len(rows["input_ids"]), config.batch_size, minimum_rows) == 0:
+        raise UserInputError(f"{train_source}: {len(rows['input_ids'])} training rows make no batch of "
+                             f"{config.batch_size} (lower --batch-size)")
     paddle.seed(config.seed)          # head initialisation: the same on every process
     random.seed(config.seed)
     np.random.seed(config.seed)
-    model, tokenizer = load_start(task, config, output)
-    check_sequence_length(config.max_seq_length, model.config, config.model)
-    rows, eval_sets, train_source = load_data(task, config, tokenizer)
+    model = load_start_model(task, source)
+    start_output(config, output, is_main)
     trainer = Trainer(task, config, model, tokenizer, rows, eval_sets, output)
-    if trainer.steps_per_epoch == 0 or trainer.total_steps == 0:
-        raise UserInputError(f"{train_source}: {len(rows['input_ids'])} training rows make no batch of "
-                             f"{config.batch_size} (lower --batch-size)")
     if config.batch_size % (trainer.world_size * config.gradient_accumulation_steps):
         logger.warning("--batch-size %d is not a multiple of processes x accumulation steps (%d): slices differ by "
                        "a row", config.batch_size, trainer.world_size * config.gradient_accumulation_steps)

@@ -18,6 +18,7 @@ above the tolerance (or not finite).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -174,6 +175,21 @@ def import_reference():
     return torch, transformers
 
 
+@contextlib.contextmanager
+def quiet_transformers(transformers):
+    """No "Loading weights" bar and no warnings from transformers while it loads the reference:
+    a missing weight is reported here as an error, and stderr keeps the comparison table only."""
+    verbosity, bar = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.logging.enable_progress_bar()
+
+
 def check_hf_layout(directory: Path) -> None:
     """A Paddle model dir passed as HF_SRC would fail deep inside transformers: say so first."""
     weights = directory / "model.safetensors"
@@ -188,12 +204,13 @@ def load_reference_model(directory: Path):
     """(HF model of the architecture its config names, architecture name), every weight loaded."""
     from .model import HEADS
 
-    _, transformers = import_reference()
     check_hf_layout(directory)
+    _, transformers = import_reference()
     try:
-        hf_config = transformers.AutoConfig.from_pretrained(directory)
-        architecture = next((name for name in hf_config.architectures or [] if name in HEADS), "MobileBertModel")
-        model, info = getattr(transformers, architecture).from_pretrained(directory, output_loading_info=True)
+        with quiet_transformers(transformers):
+            hf_config = transformers.AutoConfig.from_pretrained(directory)
+            architecture = next((name for name in hf_config.architectures or [] if name in HEADS), "MobileBertModel")
+            model, info = getattr(transformers, architecture).from_pretrained(directory, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise UserInputError(f"{directory}: transformers cannot load it ({reason.strip()[:200]})") from None
@@ -203,12 +220,13 @@ def load_reference_model(directory: Path):
     return model.eval(), architecture
 
 
-def load_paddle_model(source: str, architecture: str):
-    """The Paddle head `architecture` from a model dir; every one of its weights must be stored."""
+def load_paddle_model(source: str, architecture: str, checkpoint: tuple | None = None):
+    """The Paddle head `architecture` from a model dir (or its already read `checkpoint`,
+    (config, state) from load_pretrained); every one of its weights must be stored."""
     from .convert import _first, load_pretrained, match_state_dict
     from .model import HEADS
 
-    config, state = load_pretrained(source)
+    config, state = checkpoint or load_pretrained(source)
     model = HEADS[architecture](config)
     loadable, missing = match_state_dict(model, state, str(source))
     if missing:
@@ -284,12 +302,13 @@ def worst(rows: dict[str, dict]) -> float:
 def compare(hf_source: str, paddle_source: str, texts: Sequence[str] = DEFAULT_TEXTS, tolerance: float = 1e-5,
             layers: bool = False) -> dict[str, Any]:
     """Run both models on `texts` and measure every output (and layer); returns the summary."""
-    from .convert import resolve_source
+    from .convert import load_pretrained, resolve_source
 
     hf_directory = resolve_source(hf_source)
-    hf_model, architecture = load_reference_model(hf_directory)
-    paddle_model = load_paddle_model(paddle_source, architecture)
     paddle_directory = resolve_source(paddle_source)
+    paddle_checkpoint = load_pretrained(paddle_directory)   # read first: a bad dir fails before torch loads
+    hf_model, architecture = load_reference_model(hf_directory)
+    paddle_model = load_paddle_model(paddle_source, architecture, paddle_checkpoint)
     encode, pad_id = load_encoder([paddle_directory, hf_directory])
     batch = build_batch(encode, pad_id, texts, paddle_model.config.max_position_embeddings)
     if batch["input_ids"].max() >= paddle_model.config.vocab_size:
@@ -335,6 +354,8 @@ def run(args: argparse.Namespace) -> tuple[dict, int]:
     texts = getattr(args, "text", None) or list(DEFAULT_TEXTS)  # SUPPRESS: absent unless given
     if any(not text.strip() for text in texts):
         raise UserInputError("--text: empty text")
+    if not args.tolerance >= 0:   # also catches nan
+        raise UserInputError(f"--tolerance must be >= 0, got {args.tolerance}")
     summary = compare(args.hf_source, args.paddle_dir, texts, args.tolerance, args.layers)
     print_table("output", summary["outputs"], args.tolerance)
     if args.layers:

@@ -35,12 +35,13 @@ import logging
 import math
 import re
 import string
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .errors import UserInputError
-from .files import atomic_write_text, read_json
+from .files import atomic_write_text, check_creatable_dir, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +280,8 @@ def add_squad_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_squad_eval(args: argparse.Namespace) -> collections.OrderedDict:
+    if args.out_file:   # before scoring: a path that cannot be written fails first, saying why
+        check_creatable_dir(Path(args.out_file).absolute().parent)
     dataset = read_json(args.data_file, "SQuAD data file")
     if not isinstance(dataset, dict):
         raise UserInputError(f"{args.data_file}: a SQuAD data file must hold a JSON object with 'data'")

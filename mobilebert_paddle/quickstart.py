@@ -1,0 +1,297 @@
+"""`mobilebert quickstart`: the main job end to end, offline, in 40-90 s on 2 CPU cores.
+
+No pretrained weights can be downloaded here, so the quickstart makes everything itself:
+  1. a small SQuAD v1.1-format dataset of made-up facts about made-up people, written from
+     the templates below ("The pilot Ben Carter lives in Oslo. ..."; two people per
+     paragraph, questions such as "What is the job of Ben?");
+  2. a WordPiece vocabulary trained on that text with the `tokenizers` trainer;
+  3. a small MobileBERT with a QA head (the same architecture: bottlenecks, stacked FFNs,
+     NoNorm, trigram input; fewer and narrower layers), randomly initialised and scored on
+     dev before any training;
+then fine-tunes it with the real trainer (`finetune`), scores the best checkpoint with the
+real SQuAD metric (`evaluate`) and answers a sample question (`predict`): the code paths of
+the full-size recipe, called as the CLI calls them.
+
+Why the data is learnable in a few hundred steps by a model that starts from nothing:
+  * every question asks about a person in the paragraph, and each paragraph has two people
+    with the same kinds of facts, so the type of the answer ("a job") leaves two candidates
+    (EM ~50) and the rest is matching the person named in the question;
+  * each answer is a neighbour of that person's first name ("The *pilot* Ben *Carter*"), and
+    MobileBERT's trigram input hands every token its neighbours, so matching is one attention
+    step from the answer to the question. An answer four tokens away from the name ("Ben
+    was born in *Oslo*") would need a learnt relative-position head first: in our trials a
+    tiny model trained from scratch sat at EM ~50 for over a thousand steps on that;
+  * the name in a question is always the last word before "?", after "of" (or "the"), so
+    what the answer token reads from the question looks the same for every name;
+  * few names (8 first names, 8 family names), each one WordPiece token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
+FIRST_NAMES = ["Anna", "Ben", "Clara", "David", "Ella", "Frank", "Grace", "Henry"]
+FAMILY_NAMES = ["Carter", "Lopez", "Novak", "Berg", "Moreau", "Silva", "Tanaka", "Okafor"]
+JOBS = ["baker", "pilot", "nurse", "farmer", "painter", "lawyer", "teacher", "chemist", "sailor", "tailor",
+        "miner", "poet", "judge", "doctor", "potter", "singer"]
+CITIES = ["Oslo", "Lima", "Cairo", "Quito", "Perth", "Dakar", "Hanoi", "Bern", "Riga", "Porto", "Accra", "Kyoto",
+          "Tunis", "Malmo", "Lyon", "Graz"]
+# The city is never asked about: it is context the model must learn to skip.
+WHEREABOUTS = ["lives in {city}.", "works in {city}.", "grew up in {city}."]
+PEOPLE_PER_PARAGRAPH = 2
+
+# fact -> question templates; {first} is the person's first name, {job} their job.
+QUESTIONS: dict[str, list[str]] = {
+    "job": ["What is the job of {first}?", "What is the occupation of {first}?",
+            "What is the profession of {first}?"],
+    "family_name": ["What is the family name of {first}?", "What is the surname of {first}?",
+                    "What is the last name of {first}?"],
+    "first_name": ["What is the first name of the {job}?", "What is the given name of the {job}?"],
+}
+
+# Small, but the same architecture as google/mobilebert-uncased: bottlenecks (64 -> 32),
+# two stacked FFNs, NoNorm and trigram input. Dropout off. initializer_range 0.2: with HF's
+# 0.02 a from-scratch model's attention output is ~1e-6 of the residual and nothing learns.
+QUICKSTART_CONFIG = dict(hidden_size=64, embedding_size=32, intra_bottleneck_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_feedforward_networks=2,
+                         max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         initializer_range=0.2)
+# A question is at most 10 tokens and a paragraph at most 20: one 32-token window each.
+WINDOW_FLAGS = ["--max-seq-length", "32", "--doc-stride", "8", "--max-query-length", "12"]
+VOCAB_SIZE = 400
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+def make_paragraph(rng: random.Random, paragraph_id: str) -> dict:
+    """One SQuAD paragraph: a sentence per person, and a question about each fact of each person.
+
+    "The pilot Ben Carter lives in Oslo." gives three answers: the job (the token before the
+    first name), the family name (the token after it) and the first name (asked by job).
+    """
+    firsts = rng.sample(FIRST_NAMES, PEOPLE_PER_PARAGRAPH)
+    families = rng.sample(FAMILY_NAMES, PEOPLE_PER_PARAGRAPH)
+    jobs = rng.sample(JOBS, PEOPLE_PER_PARAGRAPH)   # distinct, so "the pilot" names one person
+    context, questions = "", []
+    for first, family, job in zip(firsts, families, jobs):
+        sentence_start = len(context) + len("The ")
+        answers = {"job": (job, sentence_start),
+                   "first_name": (first, sentence_start + len(job) + 1),
+                   "family_name": (family, sentence_start + len(job) + len(first) + 2)}
+        where = rng.choice(WHEREABOUTS).format(city=rng.choice(CITIES))
+        context += f"The {job} {first} {family} {where} "
+        for fact, (text, start) in answers.items():
+            questions.append({"id": f"{paragraph_id}-{len(questions)}",
+                              "question": rng.choice(QUESTIONS[fact]).format(first=first, job=job),
+                              "answers": [{"text": text, "answer_start": start}]})
+    context = context.strip()
+    for question in questions:      # the spans are real: the text is where answer_start says
+        answer = question["answers"][0]
+        assert context[answer["answer_start"]:answer["answer_start"] + len(answer["text"])] == answer["text"]
+    return {"context": context, "qas": questions}
+
+
+def make_squad_dataset(count: int, seed: int, title: str) -> dict:
+    """At least `count` questions (whole paragraphs) in the official SQuAD v1.1 JSON layout."""
+    rng = random.Random(seed)
+    paragraphs: list[dict] = []
+    while sum(len(paragraph["qas"]) for paragraph in paragraphs) < count:
+        paragraphs.append(make_paragraph(rng, f"{title}-{len(paragraphs)}"))
+    return {"version": "1.1", "data": [{"title": title, "paragraphs": paragraphs}]}
+
+
+def dataset_texts(*datasets: dict) -> Iterator[str]:
+    """Every context and question: the corpus the vocabulary is trained on."""
+    for dataset in datasets:
+        for article in dataset["data"]:
+            for paragraph in article["paragraphs"]:
+                yield paragraph["context"]
+                for qa in paragraph["qas"]:
+                    yield qa["question"]
+
+
+def question_count(dataset: dict) -> int:
+    return sum(len(paragraph["qas"]) for article in dataset["data"] for paragraph in article["paragraphs"])
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary and start model
+# --------------------------------------------------------------------------------------------
+
+def train_vocab(texts: Sequence[str], directory: Path, vocab_size: int = VOCAB_SIZE) -> Path:
+    """A lower-cased WordPiece vocabulary for the generated text (the `tokenizers` trainer).
+
+    Written through a staging directory, so a killed run leaves no half-written vocab.txt."""
+    from tokenizers import BertWordPieceTokenizer
+
+    from .files import atomic_directory
+
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
+    with atomic_directory(directory) as staging:
+        trainer.save_model(str(staging))
+    return directory / "vocab.txt"
+
+
+def make_start_model(directory: Path, vocab_file: Path, seed: int) -> Path:
+    """A randomly initialised small MobileBERT with a QA head and its tokenizer, in the
+    model-dir format: what `finetune` starts from and what `before_training` scores."""
+    import paddle
+
+    from .config import MobileBertConfig
+    from .model import MobileBertForQuestionAnswering
+    from .tokenizer import MobileBertTokenizer
+
+    tokenizer = MobileBertTokenizer(vocab_file)
+    paddle.seed(seed)
+    config = MobileBertConfig(vocab_size=tokenizer.vocab_size, id2label={0: "LABEL_0", 1: "LABEL_1"},
+                              **QUICKSTART_CONFIG)
+    MobileBertForQuestionAnswering(config).save_pretrained(directory, tokenizer=tokenizer)
+    return directory
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default="runs/quickstart",
+                        help="directory for the data, vocabulary, models, predictions and quickstart.json")
+    parser.add_argument("--train-questions", type=int, default=2400, help="generated training questions")
+    parser.add_argument("--dev-questions", type=int, default=300, help="generated dev questions")
+    parser.add_argument("--epochs", type=float, default=4.5, help="passes over the training questions")
+    parser.add_argument("--learning-rate", type=float, default=3e-3,
+                        help="peak learning rate (linear warmup over 10%% of the steps, then linear decay to 0)")
+    parser.add_argument("--batch-size", type=int, default=16, help="questions per optimizer step")
+    parser.add_argument("--seed", type=int, default=42, help="seed for the data, the initial weights and training")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Bad values stop the run before anything is written."""
+    for name in ("train_questions", "dev_questions", "batch_size", "epochs", "learning_rate"):
+        value = getattr(args, name)
+        if not value > 0:      # also catches NaN
+            raise UserInputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.batch_size > args.train_questions:
+        raise UserInputError(f"--batch-size {args.batch_size} is larger than --train-questions "
+                             f"{args.train_questions}: no optimizer step could be made")
+
+
+def write_data(output: Path, args: argparse.Namespace) -> tuple[Path, Path, dict, Path]:
+    """Step 1-2: train/dev JSON (different seeds, so dev paragraphs are new) and the vocabulary."""
+    from .files import atomic_write_json
+
+    data_dir = output / "data"
+    train = make_squad_dataset(args.train_questions, seed=args.seed, title="quickstart-train")
+    dev = make_squad_dataset(args.dev_questions, seed=args.seed + 1, title="quickstart-dev")
+    train_file, dev_file = data_dir / "train.json", data_dir / "dev.json"
+    atomic_write_json(train_file, train)
+    atomic_write_json(dev_file, dev)
+    logger.info("quickstart 1/6: wrote %d training and %d dev questions (SQuAD v1.1 JSON) to %s",
+                question_count(train), question_count(dev), data_dir)
+    vocab_file = train_vocab(list(dataset_texts(train, dev)), output / "vocab")
+    with open(vocab_file, encoding="utf-8") as handle:
+        pieces = sum(1 for _ in handle)
+    logger.info("quickstart 2/6: trained a WordPiece vocabulary of %d pieces: %s", pieces, vocab_file)
+    return train_file, dev_file, dev, vocab_file
+
+
+def evaluate(model: Path, dev_file: Path, output: Path) -> dict:
+    from .cli import parse_command_args
+    from .evaluation import run_evaluate
+
+    return run_evaluate(parse_command_args("evaluate", [
+        "squad1", "--model", str(model), "--data", str(dev_file), "--output", str(output), *WINDOW_FLAGS]))
+
+
+def finetune(start_model: Path, train_file: Path, dev_file: Path, run_dir: Path, args: argparse.Namespace) -> dict:
+    """Step 4: the real trainer, with dev scored after every epoch (best/ keeps the best)."""
+    from .cli import parse_command_args
+    from .train import run_finetune
+
+    return run_finetune(parse_command_args("finetune", [
+        "squad1", "--model", str(start_model), "--output", str(run_dir), "--train", str(train_file),
+        "--dev", str(dev_file), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--learning-rate", str(args.learning_rate), "--schedule", "linear", "--min-lr", "0", "--decay-ratio", "1",
+        "--weight-decay", "0", "--eval-steps", "0", "--seed", str(args.seed), "--overwrite", *WINDOW_FLAGS]))
+
+
+def answer_sample(model: Path, dev: dict) -> dict:
+    """Step 6: the first dev question through `predict`, as `mobilebert predict` would answer it."""
+    from .cli import parse_command_args
+    from .evaluation import run_predict
+
+    paragraph = dev["data"][0]["paragraphs"][0]
+    question = paragraph["qas"][0]
+    prediction = run_predict(parse_command_args("predict", [
+        "--model", str(model), "--question", question["question"], "--context", paragraph["context"],
+        "--top-k", "1", *WINDOW_FLAGS]))
+    gold = question["answers"][0]["text"]
+    return {"question": question["question"], "context": paragraph["context"], "gold": gold,
+            "predicted": prediction["answer"], "correct": prediction["answer"] == gold}
+
+
+def scores(evaluation: dict) -> dict:
+    return {"exact": evaluation["metrics"]["exact"], "f1": evaluation["metrics"]["f1"]}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from .files import atomic_write_json, ensure_writable_dir
+
+    started = time.time()
+    check_arguments(args)
+    output = ensure_writable_dir(args.output)
+    train_file, dev_file, dev, vocab_file = write_data(output, args)
+
+    start_model = make_start_model(output / "start", vocab_file, args.seed)
+    before = scores(evaluate(start_model, dev_file, output / "eval_before"))
+    logger.info("quickstart 3/6: random small MobileBERT in %s scores exact %.2f, f1 %.2f on dev before training",
+                start_model, before["exact"], before["f1"])
+
+    run_dir = output / "squad1"
+    logger.info("quickstart 4/6: fine-tuning it on %s (%s epochs, batch %d, lr %g) into %s",
+                train_file, args.epochs, args.batch_size, args.learning_rate, run_dir)
+    trained = finetune(start_model, train_file, dev_file, run_dir, args)
+    best = Path(trained["best"])
+
+    evaluation = evaluate(best, dev_file, output / "eval")
+    after = scores(evaluation)
+    logger.info("quickstart 5/6: best checkpoint %s (step %s of %s) scores exact %.2f, f1 %.2f on dev",
+                best, trained["best_step"], trained["steps"], after["exact"], after["f1"])
+
+    sample = answer_sample(best, dev)
+    logger.info("quickstart 6/6: %r -> %r (gold %r)", sample["question"], sample["predicted"], sample["gold"])
+
+    summary = {
+        **after,
+        "before_training": before,
+        "sample": sample,
+        "training": {"steps": trained["steps"], "best_step": trained["best_step"], "last_loss": trained["last_loss"],
+                     "train_rows": trained["train_rows"], "seconds": trained["seconds"]},
+        "seconds": None,
+        "artifacts": {
+            "train_data": str(train_file), "dev_data": str(dev_file), "vocab": str(vocab_file),
+            "start_model": str(start_model), "evaluation_before_training": str(output / "eval_before"),
+            "run": str(run_dir), "metrics_log": str(run_dir / "metrics.jsonl"), "best_model": str(best),
+            "evaluation": str(output / "eval"), "predictions": str(output / "eval" / "predictions.json"),
+            "summary": str(output / "quickstart.json")},
+        "next": [f"mobilebert predict --model {best} --question 'What is the job of Anna?' "
+                 f"--context 'The baker Anna Novak lives in Lima.' " + " ".join(WINDOW_FLAGS),
+                 f"mobilebert evaluate squad1 --model {best} --data {dev_file} --output {output / 'eval'} "
+                 + " ".join(WINDOW_FLAGS)],
+    }
+    summary["seconds"] = round(time.time() - started, 1)
+    atomic_write_json(output / "quickstart.json", summary)
+    logger.info("quickstart: done in %.0f s; summary in %s", summary["seconds"], output / "quickstart.json")
+    return summary

@@ -1,0 +1,191 @@
+"""`mobilebert quickstart`: the offline main job learns, within the time limit, and says where
+everything is.
+
+One real run of the command as a subprocess (module fixture, ~1-1.5 min on 2 CPU cores)
+backs most tests here: exit 0, one JSON document on stdout, EM from ~0 before training to
+>= 80 after, every artifact present and usable, and the numbers consistent with the files
+(the official-rule metric recomputed from predictions.json, `predict` agreeing with
+`evaluate`). The generator and the bad-input checks are tested in-process, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_tasks import run_cli
+
+from mobilebert_paddle import quickstart
+
+TIME_LIMIT_SECONDS = 180            # the issue's bound for the whole command on 2 CPU cores
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory) -> dict:
+    """`python -m mobilebert_paddle quickstart --output DIR` once, as a user runs it."""
+    output = tmp_path_factory.mktemp("quickstart") / "out"
+    completed = subprocess.run([sys.executable, "-m", "mobilebert_paddle", "quickstart", "--output", str(output)],
+                               capture_output=True, text=True, timeout=600)
+    return {"output": output, "code": completed.returncode, "stdout": completed.stdout,
+            "stderr": completed.stderr}
+
+
+@pytest.fixture(scope="module")
+def summary(quickstart_run) -> dict:
+    assert quickstart_run["code"] == 0, quickstart_run["stderr"][-3000:]
+    return json.loads(quickstart_run["stdout"])      # the whole of stdout is one JSON document
+
+
+# ----- the run ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_learns_from_about_zero_to_at_least_80(summary):
+    assert summary["before_training"]["exact"] <= 20, summary["before_training"]
+    assert summary["exact"] >= 80, summary
+    assert summary["f1"] >= summary["exact"]
+    assert summary["training"]["steps"] > 0 and summary["training"]["last_loss"] < 0.5
+
+
+@pytest.mark.slow
+def test_finishes_within_the_time_limit(summary):
+    assert 0 < summary["seconds"] <= TIME_LIMIT_SECONDS
+
+
+@pytest.mark.slow
+def test_stdout_is_only_the_summary_and_stderr_tells_each_step(quickstart_run, summary):
+    assert quickstart_run["stdout"].strip().startswith("{") and quickstart_run["stdout"].strip().endswith("}")
+    for step in range(1, 7):
+        assert f"quickstart {step}/6:" in quickstart_run["stderr"]
+    written = json.loads((quickstart_run["output"] / "quickstart.json").read_text(encoding="utf-8"))
+    assert written == summary
+
+
+@pytest.mark.slow
+def test_every_artifact_exists(summary, quickstart_run):
+    artifacts = summary["artifacts"]
+    for name, path in artifacts.items():
+        assert Path(path).exists(), name
+        assert Path(path).resolve().is_relative_to(quickstart_run["output"].resolve()), name
+    for model_dir in (artifacts["start_model"], artifacts["best_model"]):
+        assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in Path(model_dir).iterdir()}
+    assert not list(quickstart_run["output"].rglob("*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.slow
+def test_best_model_loads_and_predict_agrees_with_evaluate(summary):
+    from mobilebert_paddle.evaluation import load_inference_model
+    from mobilebert_paddle.tasks import QA_HEAD
+
+    model = load_inference_model(summary["artifacts"]["best_model"], QA_HEAD)
+    assert model.architecture == QA_HEAD and model.config.num_hidden_layers == 2
+    dev = json.loads(Path(summary["artifacts"]["dev_data"]).read_text(encoding="utf-8"))
+    predictions = json.loads(Path(summary["artifacts"]["predictions"]).read_text(encoding="utf-8"))
+    first = dev["data"][0]["paragraphs"][0]["qas"][0]
+    sample = summary["sample"]
+    assert sample["question"] == first["question"] and sample["gold"] == first["answers"][0]["text"]
+    assert sample["predicted"] == predictions[first["id"]]        # `predict` and `evaluate`: one code path
+    assert sample["correct"] == (sample["predicted"] == sample["gold"])
+
+
+@pytest.mark.slow
+def test_reported_scores_are_the_metric_of_the_written_predictions(summary):
+    from mobilebert_paddle.metrics import squad_evaluate
+
+    dev = json.loads(Path(summary["artifacts"]["dev_data"]).read_text(encoding="utf-8"))
+    predictions = json.loads(Path(summary["artifacts"]["predictions"]).read_text(encoding="utf-8"))
+    scores = squad_evaluate(dev, predictions)
+    assert scores["total"] == quickstart.question_count(dev) == len(predictions)
+    assert (scores["exact"], scores["f1"]) == pytest.approx((summary["exact"], summary["f1"]))
+
+
+@pytest.mark.slow
+def test_training_log_shows_the_learning_curve(summary):
+    lines = [json.loads(line) for line in Path(summary["artifacts"]["metrics_log"]).read_text().splitlines()]
+    evals = [line for line in lines if line["kind"] == "eval"]
+    assert len(evals) >= 2 and evals[-1]["step"] == summary["training"]["steps"]
+    assert evals[0]["exact"] < 80 <= max(line["exact"] for line in evals)
+    assert any(line["kind"] == "train" for line in lines)
+
+
+@pytest.mark.slow
+def test_the_next_predict_command_runs(summary, capsys):
+    argv = shlex.split(summary["next"][0])
+    assert argv[:2] == ["mobilebert", "predict"]
+    code, answer, _ = run_cli(capsys, argv[1:])
+    assert code == 0 and answer["answer"] == "baker"
+
+
+# ----- the data --------------------------------------------------------------------------------
+
+def test_dataset_is_squad_v1_with_real_spans_next_to_the_name(tmp_path):
+    from mobilebert_paddle.squad import read_squad
+
+    dataset = quickstart.make_squad_dataset(60, seed=3, title="t")
+    assert dataset["version"] == "1.1" and quickstart.question_count(dataset) >= 60
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(dataset), encoding="utf-8")
+    examples = read_squad(path, training=True)
+    assert len(examples) == quickstart.question_count(dataset) and not examples.skipped_ids
+    for example in examples:
+        (answer,) = example.answers
+        words = example.context.replace(".", " .").split()
+        asked = example.question.rstrip("?").split()[-1]          # the name (or job) asked about
+        start = len(example.context[:answer["answer_start"]].replace(".", " .").split())
+        assert words[start] == answer["text"]
+        assert asked in (words[start - 1], words[start + 1])       # the answer is its neighbour
+
+
+def test_each_paragraph_needs_the_person_not_only_the_kind_of_answer():
+    """Every kind of fact is asked about each person, with different answers: knowing the
+    kind ("a job") leaves PEOPLE_PER_PARAGRAPH candidates, so EM >= 80 needs the person."""
+    import re
+
+    patterns = {kind: [re.compile(re.escape(template).replace(re.escape("{first}"), r"\w+")
+                                  .replace(re.escape("{job}"), r"\w+") + "$") for template in templates]
+                for kind, templates in quickstart.QUESTIONS.items()}
+    for seed in range(5):
+        paragraph = quickstart.make_paragraph(random.Random(seed), "p")
+        answers_by_kind: dict[str, set] = {}
+        for qa in paragraph["qas"]:
+            (kind,) = [kind for kind, regexes in patterns.items() if any(r.match(qa["question"]) for r in regexes)]
+            answers_by_kind.setdefault(kind, set()).add(qa["answers"][0]["text"])
+        assert set(answers_by_kind) == set(quickstart.QUESTIONS)
+        assert all(len(answers) == quickstart.PEOPLE_PER_PARAGRAPH for answers in answers_by_kind.values())
+
+
+def test_generation_is_seeded():
+    assert quickstart.make_squad_dataset(30, 5, "t") == quickstart.make_squad_dataset(30, 5, "t")
+    assert quickstart.make_squad_dataset(30, 5, "t") != quickstart.make_squad_dataset(30, 6, "t")
+
+
+# ----- bad input: one line, exit 2, nothing written ----------------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--epochs", "-1"], "--epochs must be positive"),
+    (["--epochs", "nan"], "--epochs must be positive"),
+    (["--learning-rate", "0"], "--learning-rate must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--train-questions", "-5"], "--train-questions must be positive"),
+    (["--train-questions", "8", "--batch-size", "16"], "--batch-size 16 is larger than --train-questions 8"),
+])
+def test_bad_values_exit_2_with_one_line_before_writing(tmp_path, capsys, flags, message):
+    output = tmp_path / "out"
+    code, summary, err = run_cli(capsys, ["quickstart", "--output", output, *flags])
+    assert code == 2 and summary is None
+    assert err.count("\n") == 1 and message in err and err.startswith("mobilebert quickstart: error:")
+    assert not output.exists()
+
+
+def test_output_under_a_file_exits_2_with_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, summary, err = run_cli(capsys, ["quickstart", "--output", blocker / "out"])
+    assert code == 2 and summary is None
+    assert err.count("\n") == 1 and str(blocker / "out") in err and "not writable" in err
+    assert blocker.read_text() == "not a directory"

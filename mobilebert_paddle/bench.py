@@ -1,7 +1,7 @@
 """`mobilebert bench`: latency and throughput of every inference path, side by side, in one process.
 
 For a model dir it builds every backend from the same weights -- Paddle eager, Paddle Inference
-(plain, fused, and with oneDNN), ONNX Runtime (plain, fused, int8) and HuggingFace's PyTorch
+(with oneDNN, plain and fused, and without oneDNN), ONNX Runtime (plain, fused, int8) and HuggingFace's PyTorch
 model (the Paddle weights converted back in memory with `paddle_to_hf`) -- checks each one's
 outputs against PyTorch, then times them interleaved (one call of each backend per round,
 the order rotated every round so no backend always runs right after another) and reports the
@@ -40,9 +40,9 @@ logger = logging.getLogger(__name__)
 BACKENDS = {
     "torch": None,
     "paddle-eager": None,
-    "paddle-inference": ("paddle", False, None, False),
-    "paddle-inference-onednn": ("paddle", False, None, True),
-    "paddle-inference-fused": ("paddle", True, None, False),
+    "paddle-inference": ("paddle", False, None, True),
+    "paddle-inference-fused": ("paddle", True, None, True),
+    "paddle-inference-no-onednn": ("paddle", False, None, False),
     "onnx": ("onnx", False, None, False),
     "onnx-fused": ("onnx", True, None, False),
     "onnx-int8": ("onnx", False, "int8", False),

@@ -183,9 +183,11 @@ class FusedEmbeddings(nn.Layer):
         if self.ignore_padding and attention_mask is not None:
             words = words * attention_mask.astype(words.dtype).unsqueeze(-1)
         if self.trigram_input:
+            # Shift by padding first, then slicing: no empty (B, 0, E) tensor when T == 1, on
+            # which Paddle Inference's oneDNN concat fails.
             zeros = paddle.zeros_like(words[:, :1])
-            words = paddle.concat([paddle.concat([words[:, 1:], zeros], axis=1), words,
-                                   paddle.concat([zeros, words[:, :-1]], axis=1)], axis=2)  # (B, T, 3E)
+            padded = paddle.concat([zeros, words, zeros], axis=1)                          # (B, T + 2, E)
+            words = paddle.concat([padded[:, 2:], words, padded[:, :-2]], axis=2)          # (B, T, 3E)
         words = words.reshape([-1, words.shape[-1]])                                 # (N, 3E)
         position_and_type = position_and_type.reshape([-1, self.hidden_size])        # (N, H)
         if self.has_transformation:

@@ -25,7 +25,7 @@ QA = "MobileBertForQuestionAnswering"
 CLASSIFICATION = "MobileBertForSequenceClassification"
 TOLERANCE = 1e-5
 # (lengths of the rows) -> batch shapes unlike the (3, 11) probe batch of the export itself.
-CHECK_LENGTHS = [(5,), (23, 4, 17, 9), (2, 1)]
+CHECK_LENGTHS = [(5,), (23, 4, 17, 9), (2, 1), (1,)]  # (1,): a one-token sequence
 
 
 def paddle_model_dir(root: Path, head: str, **config) -> Path:

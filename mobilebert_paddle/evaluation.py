@@ -185,16 +185,22 @@ def exported_predictor(directory: Path, backend: str) -> Predictor:
 # --------------------------------------------------------------------------------------------
 
 def add_task_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Window and post-processing flags shared by finetune, evaluate and predict (None = task recipe).
+    """Window and post-processing flags shared by finetune, evaluate and predict.
 
-    `%(default).0s` prints nothing: the default depends on the task and is spelled out instead."""
-    group = parser.add_argument_group("windows and answers")
+    None means: for evaluate / predict, the value the model was fine-tuned with (the trainer
+    stores them in config.json); otherwise the task's recipe value. `%(default).0s` prints
+    nothing: the default depends on the task and is spelled out instead."""
+    group = parser.add_argument_group("windows and answers (evaluate/predict default to the model's training values)")
     group.add_argument("--max-seq-length", type=int, default=None,
                        help="tokens per model row [default: 384 for SQuAD, 128 for GLUE]%(default).0s")
-    group.add_argument("--doc-stride", type=int, default=128, help="SQuAD: tokens shared by consecutive windows")
-    group.add_argument("--max-query-length", type=int, default=64, help="SQuAD: question tokens kept")
-    group.add_argument("--n-best-size", type=int, default=20, help="SQuAD: start/end candidates per window")
-    group.add_argument("--max-answer-length", type=int, default=30, help="SQuAD: longest answer in tokens")
+    group.add_argument("--doc-stride", type=int, default=None,
+                       help="SQuAD: tokens shared by consecutive windows [default: 128]%(default).0s")
+    group.add_argument("--max-query-length", type=int, default=None,
+                       help="SQuAD: question tokens kept [default: 64]%(default).0s")
+    group.add_argument("--n-best-size", type=int, default=None,
+                       help="SQuAD: start/end candidates per window [default: 20]%(default).0s")
+    group.add_argument("--max-answer-length", type=int, default=None,
+                       help="SQuAD: longest answer in tokens [default: 30]%(default).0s")
     group.add_argument("--null-score-diff-threshold", type=float, default=None,
                        help="SQuAD v2: predict no answer when null score - best span score exceeds this "
                             "[default: -1.5 for squad2, 0 otherwise]%(default).0s")
@@ -221,12 +227,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> dict:
     task = get_task(args.task)
-    settings = TaskSettings.from_args(args, task)
     output = check_creatable_dir(args.output)    # created only when there is something to write
     check_positive(batch_size=args.batch_size)
     if args.backend == "eager":
         select_device(args.device)
     model = load_inference_model(args.model, task.head, args.backend)
+    settings = TaskSettings.from_args(args, task, model.config)
     check_sequence_length(settings.max_seq_length, model.config, args.model)
     sources = [f"hub:{split}" for split in task.hub_dev_splits] if args.data == ["hub"] else args.data
     eval_sets = load_eval_sets(task, sources, model.tokenizer, settings)
@@ -282,7 +288,7 @@ def predict_answer(args: argparse.Namespace) -> dict:
     model = load_inference_model(args.model, QA_HEAD, args.backend)
     version_2 = model.config.extra.get("finetuning_task") == "squad2"
     task = get_task("squad2" if version_2 else "squad1")
-    settings = TaskSettings.from_args(args, task)
+    settings = TaskSettings.from_args(args, task, model.config)
     check_sequence_length(settings.max_seq_length, model.config, args.model)
     example = SquadExample("question", args.question, args.context)
     eval_set = task.eval_set("input", "command line", [example], model.tokenizer, settings)
@@ -300,7 +306,7 @@ def predict_label(args: argparse.Namespace) -> dict:
     from .glue import GlueExample, build_glue_features
 
     model = load_inference_model(args.model, CLASSIFICATION_HEAD, args.backend)
-    max_seq_length = args.max_seq_length or 128
+    max_seq_length = TaskSettings.from_args(args, get_task("mnli"), model.config).max_seq_length  # GLUE: 128
     check_sequence_length(max_seq_length, model.config, args.model)
     rows = build_glue_features([GlueExample("input", args.text, args.text_pair, None)], model.tokenizer, max_seq_length)
     (logits,) = run_predictor(model.predictor, rows, 1, progress=False)[:1]

@@ -236,7 +236,7 @@ def answer_sample(model: Path, dev: dict) -> dict:
     question = paragraph["qas"][0]
     prediction = run_predict(parse_command_args("predict", [
         "--model", str(model), "--question", question["question"], "--context", paragraph["context"],
-        "--top-k", "1", *WINDOW_FLAGS]))
+        "--top-k", "1"]))   # no window flags: the model's config.json remembers them
     gold = question["answers"][0]["text"]
     return {"question": question["question"], "context": paragraph["context"], "gold": gold,
             "predicted": prediction["answer"], "correct": prediction["answer"] == gold}
@@ -286,10 +286,10 @@ def run(args: argparse.Namespace) -> dict:
             "run": str(run_dir), "metrics_log": str(run_dir / "metrics.jsonl"), "best_model": str(best),
             "evaluation": str(output / "eval"), "predictions": str(output / "eval" / "predictions.json"),
             "summary": str(output / "quickstart.json")},
+        # The fine-tuned model's config.json remembers its window settings: no flags needed.
         "next": [f"mobilebert predict --model {best} --question 'What is the job of Anna?' "
-                 f"--context 'The baker Anna Novak lives in Lima.' " + " ".join(WINDOW_FLAGS),
-                 f"mobilebert evaluate squad1 --model {best} --data {dev_file} --output {output / 'eval'} "
-                 + " ".join(WINDOW_FLAGS)],
+                 f"--context 'The baker Anna Novak lives in Lima.'",
+                 f"mobilebert evaluate squad1 --model {best} --data {dev_file} --output {output / 'eval'}"],
     }
     summary["seconds"] = round(time.time() - started, 1)
     atomic_write_json(output / "quickstart.json", summary)

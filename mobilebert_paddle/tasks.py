@@ -57,10 +57,16 @@ class TaskSettings:
     null_score_diff_threshold: float = 0.0
 
     @classmethod
-    def from_args(cls, args: Any, task: "Task") -> "TaskSettings":
-        """Flags with None meaning "the task's recipe value"."""
+    def from_args(cls, args: Any, task: "Task", model_config: Any = None) -> "TaskSettings":
+        """Flags; a flag left at None means the value the model was fine-tuned with (stored in its
+        config.json as `task_settings` by the trainer), else the task's recipe value."""
         recipe = task.recipe
-        pick = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
+        stored = (getattr(model_config, "extra", None) or {}).get("task_settings") or {}
+
+        def pick(name, default):
+            value = getattr(args, name, None)
+            return value if value is not None else stored.get(name, default)
+
         return cls(max_seq_length=pick("max_seq_length", recipe.max_seq_length),
                    doc_stride=pick("doc_stride", 128), max_query_length=pick("max_query_length", 64),
                    n_best_size=pick("n_best_size", 20), max_answer_length=pick("max_answer_length", 30),

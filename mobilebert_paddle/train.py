@@ -389,6 +389,7 @@ class Trainer:
         self.task, self.config, self.raw_model, self.tokenizer = task, config, model, tokenizer
         self.rows, self.eval_sets, self.output = rows, eval_sets, output
         self.settings = TaskSettings.from_args(config, task)
+        remember_task_settings(model, self.settings)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self.model = paddle.DataParallel(model) if self.world_size > 1 else model
@@ -715,6 +716,12 @@ def load_start_model(task: Task, source: Path):
     model = task.model_class().from_pretrained(source, **task.config_changes())
     model.config.extra["finetuning_task"] = task.name
     return model
+
+
+def remember_task_settings(model, settings: TaskSettings) -> None:
+    """Store the windows / post-processing used in training in the model's config.json, so that
+    evaluate, predict and export use them by default."""
+    model.config.extra["task_settings"] = asdict(settings)
 
 
 def load_data(task: Task, config, tokenizer) -> tuple[dict[str, np.ndarray], list, str]:

@@ -474,8 +474,10 @@ def test_help_lists_every_hyperparameter_with_its_default(capsys):
                           ("--weight-decay", "0.1"), ("--adam-beta1", "0.9"), ("--adam-beta2", "0.98"),
                           ("--adam-epsilon", "1e-06"), ("--warmup-ratio", "0.1"), ("--seed", "42"),
                           ("--schedule", "cosine"), ("--max-grad-norm", "0.0"), ("--gradient-accumulation-steps", "1"),
-                          ("--doc-stride", "128"), ("--n-best-size", "20"), ("--max-answer-length", "30"),
                           ("--amp", "none"), ("--logging-steps", "30")]:
         assert flag in text and f"(default: {default})" in text.split(flag, 1)[1][:400], flag
+    for flag, default in [("--doc-stride", "128"), ("--max-query-length", "64"), ("--n-best-size", "20"),
+                          ("--max-answer-length", "30")]:   # task-dependent flags spell their default out
+        assert flag in text and f"[default: {default}]" in text.split(flag, 1)[1][:400], flag
     for recipe in ("1e-6 squad1, 5e-7 others", "0.7 squad1, 0.9 others", "384 for SQuAD, 128 for GLUE", "-1.5 for squad2"):
         assert recipe in text

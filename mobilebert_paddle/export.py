@@ -28,7 +28,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .config import CONFIG_NAME, MobileBertConfig
+from .config import MobileBertConfig
 from .errors import UserInputError
 from .files import atomic_directory, atomic_write_json, read_json
 

@@ -34,8 +34,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .config import MobileBertConfig
-from .model import (MobileBertEncoderOutput, MobileBertLayer, MobileBertModel, NoNorm, activation,
-                    attention_bias_from_mask)
+from .model import MobileBertEncoderOutput, MobileBertLayer, MobileBertModel, NoNorm, attention_bias_from_mask
 
 
 class Affine(NamedTuple):

@@ -36,7 +36,8 @@ def paddle_model_dir(root: Path, head: str, **config) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> dict:
-    return {head: paddle_model_dir(tmp_path_factory.mktemp(head[10:]), head, num_labels=3 if head == CLASSIFICATION else 2)
+    return {head: paddle_model_dir(tmp_path_factory.mktemp(head[10:]), head,
+                                   num_labels=3 if head == CLASSIFICATION else 2)
             for head in (QA, CLASSIFICATION)}
 
 
@@ -234,7 +235,8 @@ def test_cli_model_dir_without_weights(tmp_path, model_dirs, capfd):
 def test_cli_unknown_format(tmp_path, model_dirs, capfd):
     code = None
     try:
-        code = cli.main(["export", "--model", str(model_dirs[QA]), "--format", "tflite", "--output", str(tmp_path / "out")])
+        code = cli.main(["export", "--model", str(model_dirs[QA]), "--format", "tflite",
+                         "--output", str(tmp_path / "out")])
     except SystemExit as exit_:
         code = exit_.code
     assert code == 2

@@ -169,20 +169,49 @@ class PaddleInferencePredictor(Predictor):
 
 
 class OnnxPredictor(Predictor):
-    """An ONNX model run by ONNX Runtime on CPU with all graph optimisations."""
+    """An ONNX model run by ONNX Runtime on CPU with all graph optimisations.
+
+    Large batches (at least `SPLIT_MIN_TOKENS` tokens and one row per thread) are split into
+    one chunk per thread, each run concurrently on a second, single-threaded session: every
+    core then works through its own rows without synchronising after each operation, which
+    measured ~10% faster than ONNX Runtime's intra-op threads at 8 x 384 (and no different
+    below ~2k tokens, where it is not used). The second session is made on first use.
+    """
 
     backend = "onnx"
+    SPLIT_MIN_TOKENS = 2048
 
     def __init__(self, config: MobileBertConfig, model_dir: Path, model: "str | bytes", names: Sequence[str],
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, split_batches: bool = True):
         super().__init__(config, model_dir, names)
         self.threads = threads or default_threads()
+        self.model = model
         self.session = onnx_session(model, self.threads)
         self.input_names = [item.name for item in self.session.get_inputs()]
+        self.split_batches = split_batches and self.threads > 1
+        self._single_thread = None
+        self._pool = None
 
     def run(self, input_ids, token_type_ids, attention_mask):
         arrays = dict(zip(INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
-        return self.session.run(list(self.output_names), {name: arrays[name] for name in self.input_names})
+        feed = {name: arrays[name] for name in self.input_names}
+        rows = input_ids.shape[0]
+        if self.split_batches and rows >= self.threads and input_ids.size >= self.SPLIT_MIN_TOKENS:
+            return self._run_split(feed, rows)
+        return self.session.run(list(self.output_names), feed)
+
+    def _run_split(self, feed: dict, rows: int) -> list:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._single_thread is None:
+            self._single_thread = onnx_session(self.model, 1)
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-rows")
+        bounds = np.linspace(0, rows, self.threads + 1).astype(int)
+        futures = [self._pool.submit(self._single_thread.run, list(self.output_names),
+                                     {name: value[start:end] for name, value in feed.items()})
+                   for start, end in zip(bounds[:-1], bounds[1:])]
+        chunks = [future.result() for future in futures]      # ONNX Runtime releases the GIL in run
+        return [np.concatenate([chunk[index] for chunk in chunks]) for index in range(len(self.output_names))]
 
 
 def onnx_session(model: "str | bytes", threads: int):

@@ -181,6 +181,18 @@ def test_load_predictor_exports_a_model_dir_in_memory(model_dirs, eager, backend
     assert not (model_dirs[QA] / "export.json").exists()
 
 
+def test_onnx_large_batch_split_across_threads_equals_eager(model_dirs, eager):
+    """Batches of >= 2048 tokens run as one chunk per thread on a single-threaded session."""
+    predictor = load_predictor(model_dirs[QA], "onnx", fuse=True, threads=2)
+    lengths = tuple(int(length) for length in np.random.default_rng(3).integers(1, 65, size=41))
+    batch = padded_batch(predictor.config.vocab_size, lengths=lengths + (64,))
+    assert batch["input_ids"].size >= predictor.SPLIT_MIN_TOKENS
+    actual, expected = predictor(**batch), eager[QA](**batch)
+    assert predictor._single_thread is not None      # the split path ran
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape and relative_error(got, want) <= TOLERANCE
+
+
 def test_predictor_call_forms(model_dirs, eager):
     """Arrays as arguments, one dict (the evaluation code's batches), or ids alone."""
     predictor = eager[QA]

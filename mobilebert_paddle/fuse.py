@@ -1,7 +1,7 @@
 """Inference-only rewrite of MobileBERT: the same function computed with fewer, larger operations.
 
 `fuse_model(model)` returns a Paddle layer with the model's forward signature and outputs
-(within float32 rounding) that exports to a graph about a third the size. What it does:
+(within float32 rounding; tests check every config variant). What it does:
 
 1. Folds every NoNorm (x * s + t, an affine map per channel) away. A NoNorm right after a
    Linear goes into that Linear's weight and bias. A NoNorm after a residual sum
@@ -21,6 +21,14 @@
 
 With normalization_type "layer_norm" only 2 and 3 apply (a LayerNorm is not affine).
 All folding is done in float64 and rounded once to float32.
+
+4. After paddle2onnx, two graph rewrites (below; export.py applies them): each matmul whose
+   output is added to a residual becomes one Gemm with the residual as C, and each attention
+   block becomes ONNX Runtime's com.microsoft.MultiHeadAttention.
+
+Effect on the full-size QA model: 3,133 ONNX nodes (2,458 after ONNX Runtime's own
+optimisations) -> 874 (502), almost all Gemms; one thread at 1 x 128 runs at the FLOP floor
+(5.4 GFLOP in ~68 ms vs ~76 ms unfused). `mobilebert bench` has the 2-thread figures.
 """
 
 from __future__ import annotations
@@ -116,7 +124,8 @@ class ResidualStep(nn.Layer):
         if isinstance(norm, NoNorm):
             scale, shift = norm.weight.numpy().astype(np.float64), norm.bias.numpy().astype(np.float64)
             if not np.all(np.abs(residual_affine.scale) > 0):
-                raise FuseError(f"{where}: a NoNorm weight has an entry of exactly 0, which --fuse cannot fold")
+                raise FuseError(f"{where}: a NoNorm weight has an entry of exactly 0 (the residual stream's "
+                                "scale, a product of NoNorm weights, must be divided out), which --fuse cannot fold")
             weight = branch.weight / residual_affine.scale[None, :]
             self.output_affine = Affine(scale * residual_affine.scale,
                                         scale * (branch.bias + residual_affine.shift) + shift)
@@ -126,8 +135,9 @@ class ResidualStep(nn.Layer):
                 raise FuseError(f"{where}: a LayerNorm reads a rescaled stream (mixed normalisations)")
             weight, bias, self.layer_norm = branch.weight, branch.bias, norm
             self.output_affine = Affine.identity(weight.shape[1])
-        if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(self.output_affine.scale))):
-            raise FuseError(f"{where}: folded weights overflow float64 (NoNorm scales too extreme)")
+        finite = [np.all(np.isfinite(values.astype(np.float32))) for values in (weight, *self.output_affine)]
+        if not all(finite):
+            raise FuseError(f"{where}: folded weights overflow float32 (NoNorm scales too extreme)")
         as_parameter(self, "weight", weight)
         as_parameter(self, "bias", bias)
 

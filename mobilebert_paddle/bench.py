@@ -35,7 +35,7 @@ import numpy as np
 
 from .config import MobileBertConfig
 from .errors import UserInputError
-from .files import atomic_write_bytes, atomic_write_json, ensure_writable_dir
+from .files import atomic_write_bytes, atomic_write_json, check_creatable_dir, ensure_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -397,10 +397,14 @@ def run(args: argparse.Namespace) -> dict:
               for length in parse_list(args.seq, "--seq")]
     if any(batch <= 0 or length <= 0 for batch, length in shapes) or args.runs <= 0 or args.warmup < 0:
         raise UserInputError("--batch, --seq and --runs must be positive (and --warmup >= 0)")
+    if args.threads is not None and args.threads <= 0:
+        raise UserInputError(f"--threads must be positive, got {args.threads}")
+    if not 0 <= args.pause < float("inf"):
+        raise UserInputError(f"--pause must be a finite number of seconds >= 0, got {args.pause}")
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise UserInputError(f"{model_dir}: no such model directory")
-    output = ensure_writable_dir(args.output)
+    check_creatable_dir(args.output)          # created only when the results are written
     threads = args.threads or default_threads()
     model, config = load_eager_model(model_dir)
     too_long = [length for _, length in shapes if length > config.max_position_embeddings]
@@ -408,6 +412,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserInputError(f"--seq {too_long[0]} exceeds the model's max_position_embeddings "
                              f"({config.max_position_embeddings})")
     report = bench(model, config, model_dir, names, shapes, args.runs, args.warmup, threads, args.pause)
+    output = ensure_writable_dir(args.output)
     atomic_write_json(output / "bench.json", report)
     write_chart(report, output / "bench.png")
     report["files"] = [str(output / "bench.json"), str(output / "bench.png")]

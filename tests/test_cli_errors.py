@@ -39,9 +39,6 @@ class Case(NamedTuple):
     known_bug: str | None = None   # a bug in a module another helper is changing: strict xfail until fixed
 
 
-BENCH_BUG = "bench.py creates --output before loading the model, so a bad model leaves an empty directory"
-
-
 CASES = [
     # quickstart ------------------------------------------------------------------------------------
     Case("quickstart-output-under-file", "quickstart --output {file}/qs", "not writable", "{file}"),
@@ -179,16 +176,17 @@ CASES = [
          "invalid float value: 'high'", None),
     # bench -----------------------------------------------------------------------------------------
     Case("bench-model-missing", "bench --model {missing_dir} --output {out}", "no such model directory"),
-    Case("bench-model-no-weights", "bench --model {no_weights} --output {out}", "no weights found",
-         known_bug=BENCH_BUG),
-    Case("bench-model-bert-config", "bench --model {bert} --output {out}", "model_type is 'bert', not 'mobilebert'",
-         known_bug=BENCH_BUG),
+    Case("bench-model-no-weights", "bench --model {no_weights} --output {out}", "no weights found"),
+    Case("bench-model-bert-config", "bench --model {bert} --output {out}", "model_type is 'bert', not 'mobilebert'"),
     Case("bench-zero-batch", "bench --model {qa} --output {out} --batch 0", "must be positive"),
     Case("bench-batch-not-int", "bench --model {qa} --output {out} --batch 1,many", "--batch '1,many'"),
     Case("bench-zero-runs", "bench --model {qa} --output {out} --runs 0", "--runs must be positive"),
     Case("bench-unknown-backend", "bench --model {qa} --output {out} --backends tvm", "unknown tvm"),
     Case("bench-too-long-seq", "bench --model {qa} --output {out} --seq 1024",
-         "exceeds the model's max_position_embeddings", known_bug=BENCH_BUG),
+         "exceeds the model's max_position_embeddings"),
+    Case("bench-zero-threads", "bench --model {qa} --output {out} --threads 0", "--threads must be positive"),
+    Case("bench-negative-pause", "bench --model {qa} --output {out} --pause -1", "--pause must be a finite number"),
+    Case("bench-nan-pause", "bench --model {qa} --output {out} --pause nan", "--pause must be a finite number"),
     Case("bench-output-under-file", "bench --model {qa} --output {file}/bench", "not writable", "{file}"),
 ]
 

@@ -155,8 +155,8 @@ CASES = [
     Case("export-output-under-file", "export --model {qa} --output {file}/onnx", "not a writable directory", "{file}"),
     Case("export-output-is-model", "export --model {qa} --output {qa}", "the model directory itself", "{qa}"),
     Case("export-output-not-export", "export --model {qa} --output {full_dir}", "not an export", "{full_dir}"),
-    Case("export-opset-zero", "export --model {qa} --output {out} --opset 0", "--opset",
-         known_bug="export.py passes any --opset to paddle2onnx, which silently uses opset 10 for 0"),
+    Case("export-opset-zero", "export --model {qa} --output {out} --opset 0", "--opset 0: expected an ONNX opset"),
+    Case("export-opset-too-high", "export --model {qa} --output {out} --opset 22", "--opset 22: expected an ONNX opset"),
     # squad-eval ------------------------------------------------------------------------------------
     Case("squad-eval-missing-data", "squad-eval {missing_file} {predictions}", "not found", None),
     Case("squad-eval-malformed-data", "squad-eval {squad_malformed} {predictions}", "invalid JSON at line", None),

@@ -67,10 +67,23 @@ class TaskSettings:
             value = getattr(args, name, None)
             return value if value is not None else stored.get(name, default)
 
-        return cls(max_seq_length=pick("max_seq_length", recipe.max_seq_length),
-                   doc_stride=pick("doc_stride", 128), max_query_length=pick("max_query_length", 64),
-                   n_best_size=pick("n_best_size", 20), max_answer_length=pick("max_answer_length", 30),
-                   null_score_diff_threshold=pick("null_score_diff_threshold", recipe.null_score_diff_threshold))
+        settings = cls(max_seq_length=pick("max_seq_length", recipe.max_seq_length),
+                       doc_stride=pick("doc_stride", 128), max_query_length=pick("max_query_length", 64),
+                       n_best_size=pick("n_best_size", 20), max_answer_length=pick("max_answer_length", 30),
+                       null_score_diff_threshold=pick("null_score_diff_threshold",
+                                                      recipe.null_score_diff_threshold))
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Post-processing values that would silently give empty answers (window sizes are
+        checked where the windows are cut, squad._check_window_sizes)."""
+        for flag, value in (("--n-best-size", self.n_best_size), ("--max-answer-length", self.max_answer_length)):
+            if value < 1:
+                raise UserInputError(f"{flag} must be positive, got {value}")
+        if not math.isfinite(self.null_score_diff_threshold):
+            raise UserInputError(f"--null-score-diff-threshold must be a finite number, "
+                                 f"got {self.null_score_diff_threshold}")
 
 
 @dataclass

@@ -102,6 +102,8 @@ CASES = [
          "--amp bf16 needs a GPU"),
     Case("finetune-too-long-rows", "finetune rte --model {base} --train {tsv} --output {out} --max-seq-length 1024",
          "exceeds the model's max_position_embeddings"),
+    Case("finetune-nan-null-threshold", "finetune squad2 --model {base} --train {squad} --output {out} "
+         "--null-score-diff-threshold nan", "--null-score-diff-threshold must be a finite number"),
     Case("finetune-stride-too-long", "finetune squad1 --model {base} --train {squad} --output {out} "
          "--max-seq-length 48 --doc-stride 48", "window sizes"),
     Case("finetune-output-under-file", "finetune rte --model {base} --train {tsv} --output {file}/run",
@@ -126,6 +128,8 @@ CASES = [
          "needs a fine-tuned MobileBertForSequenceClassification"),
     Case("evaluate-zero-batch", "evaluate squad1 --model {qa} --data {squad} --output {out} --batch-size 0",
          "--batch-size must be positive"),
+    Case("evaluate-zero-n-best", "evaluate squad1 --model {qa} --data {squad} --output {out} --n-best-size 0",
+         "--n-best-size must be positive"),
     Case("evaluate-output-under-file", "evaluate squad1 --model {qa} --data {squad} --output {file}/eval",
          "not writable", "{file}"),
     Case("evaluate-unknown-backend", "evaluate squad1 --model {qa} --data {squad} --output {out} --backend tvm",
@@ -137,6 +141,8 @@ CASES = [
     Case("predict-no-context", "predict --model {qa} --question who", "--context is missing or empty", None),
     Case("predict-zero-top-k", "predict --model {qa} --question who --context x --top-k 0",
          "--top-k must be positive", None),
+    Case("predict-zero-max-answer-length", "predict --model {qa} --question who --context x --max-answer-length 0",
+         "--max-answer-length must be positive", None),
     Case("predict-text-on-qa-model", "predict --model {qa} --text hello",
          "needs a fine-tuned MobileBertForSequenceClassification", None),
     Case("predict-model-no-weights", "predict --model {no_weights} --question who --context x",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -63,12 +62,12 @@ def eager_predictor(model) -> Predictor:
 def run_predictor(predictor: Predictor, inputs: dict[str, np.ndarray], batch_size: int,
                   description: str | None = None, progress: bool = True) -> tuple[np.ndarray, ...]:
     """All rows through the predictor in batches; outputs concatenated along the batch axis."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     count = len(inputs["input_ids"])
     chunks: list[tuple[np.ndarray, ...]] = []
-    for start in tqdm(range(0, count, batch_size), desc=description, file=sys.stderr, leave=False,
-                      disable=not progress, unit="batch"):
+    for start in progress_bar(range(0, count, batch_size), desc=description, leave=False, disable=not progress,
+                              unit="batch"):
         batch = {name: inputs[name][start:start + batch_size].astype(np.int64) for name in MODEL_INPUT_NAMES}
         chunks.append(as_output_tuple(predictor(batch)))
     return tuple(np.concatenate([chunk[index] for chunk in chunks]) for index in range(len(chunks[0])))

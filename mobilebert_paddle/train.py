@@ -19,7 +19,8 @@ loss and a scorer. What the loop adds is what a run needs to be trusted:
   --skip-nonfinite, skips that update); a model with non-finite weights is never saved;
 * evaluation through evaluation.evaluate_task (the code path of `mobilebert evaluate`),
   best-checkpoint selection on the task's main metric, metrics.jsonl + VisualDL scalars,
-  a tqdm bar on stderr, a JSON summary at the end.
+  a progress bar on stderr (progress.progress_bar: live on a terminal, a line now and then
+  in a log), a JSON summary at the end.
 
 Data parallel: `python -m paddle.distributed.launch --devices 0,1,2,3 $(which mobilebert) finetune ...`
 (GPUs, NCCL) or `--nproc_per_node 2` on CPU (gloo). Only rank 0 writes files.
@@ -35,7 +36,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -533,7 +533,7 @@ class Trainer:
         """Score dev on rank 0 (the others wait); a better main metric writes best/."""
         if self.is_main:
             result = evaluate_task(self.task, eager_predictor(self.raw_model), self.eval_sets, self.settings,
-                                   self.config.eval_batch_size, progress=sys.stderr.isatty())
+                                   self.config.eval_batch_size)
             value = result.main_value
             improved = math.isfinite(value) and (self.state.best_value is None or value > self.state.best_value)
             logger.info("step %d: %s = %.4f%s", self.state.step, result.main_metric, value, " (best)" if improved else "")
@@ -628,10 +628,10 @@ class Trainer:
         atomic_write_json(self.output / "train_config.json", values)
 
     def progress_bar(self):
-        from tqdm import tqdm
+        from .progress import progress_bar
 
-        return tqdm(total=self.total_steps, initial=self.state.step, desc=f"finetune {self.task.name}",
-                    unit="step", file=sys.stderr, disable=not self.is_main, dynamic_ncols=True)
+        return progress_bar(total=self.total_steps, initial=self.state.step, desc=f"finetune {self.task.name}",
+                            unit="step", disable=not self.is_main)
 
     def summary(self, resumed_from: int | None, seconds: float) -> dict:
         best_metrics = read_json(self.output / "best" / "metrics.json", "best metrics")

@@ -267,7 +267,7 @@ def time_shape(backends: dict, inputs: tuple, runs: int, warmup: int, pause: flo
 
 def check_outputs(backends: dict, inputs: tuple) -> dict:
     """Relative error of every backend's outputs against the reference (PyTorch if timed)."""
-    from .export import relative_error
+    from .compare import relative_error
 
     reference_name = REFERENCE if REFERENCE in backends else next(iter(backends))
     expected = backends[reference_name](*inputs)

@@ -28,6 +28,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from .compare import relative_error
 from .config import MobileBertConfig
 from .errors import UserInputError
 from .files import atomic_directory, atomic_write_json, read_json
@@ -480,12 +481,6 @@ def probe_batch(config: MobileBertConfig, architecture: str, seed: int = 0) -> d
     if input_rank(architecture) == 3:
         batch = {name: np.stack([value, np.roll(value, 1, axis=0)], axis=1) for name, value in batch.items()}
     return batch
-
-
-def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
-    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
-    scale = np.abs(reference).max()
-    return float(np.abs(value - reference).max() / (scale if scale > 0 else 1.0))
 
 
 def compare_with_eager(predictor: Predictor, reference: Predictor, batch: dict) -> dict:

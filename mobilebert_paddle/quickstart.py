@@ -4,7 +4,7 @@ No pretrained weights can be downloaded here, so the quickstart makes everything
   1. a small SQuAD v1.1-format dataset of made-up facts about made-up people, written from
      the templates below ("The pilot Ben Carter lives in Oslo. ..."; two people per
      paragraph, questions such as "What is the job of Ben?");
-  2. a WordPiece vocabulary trained on that text with the `tokenizers` trainer;
+  2. a WordPiece vocabulary for that text (every word one piece; see build_vocab);
   3. a small MobileBERT with a QA head (the same architecture: bottlenecks, stacked FFNs,
      NoNorm, trigram input; fewer and narrower layers), randomly initialised and scored on
      dev before any training;
@@ -67,7 +67,7 @@ QUICKSTART_CONFIG = dict(hidden_size=64, embedding_size=32, intra_bottleneck_siz
                          initializer_range=0.2)
 # A question is at most 10 tokens and a paragraph at most 20: one 32-token window each.
 WINDOW_FLAGS = ["--max-seq-length", "32", "--doc-stride", "8", "--max-query-length", "12"]
-VOCAB_SIZE = 400
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]   # the order BERT vocabularies use
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,18 +129,30 @@ def question_count(dataset: dict) -> int:
 # Vocabulary and start model
 # --------------------------------------------------------------------------------------------
 
-def train_vocab(texts: Sequence[str], directory: Path, vocab_size: int = VOCAB_SIZE) -> Path:
-    """A lower-cased WordPiece vocabulary for the generated text (the `tokenizers` trainer).
+def build_vocab(texts: Sequence[str], directory: Path) -> Path:
+    """A lower-cased WordPiece vocabulary for the generated text, the same on every run: the
+    special tokens, every character (alone and as a ##continuation) and every whole word, each
+    group sorted. The text's words are split with the normalizer and pre-tokenizer of BERT's
+    WordPiece tokenizer (`tokenizers`), so each word the tokenizer will meet is one piece.
+
+    The generator's words are a closed set of a few hundred, so nothing is left to learn by
+    merging. The `tokenizers` WordPiece trainer, used before, breaks ties between merges in a
+    different order on each run (huggingface/tokenizers#1794): the same --seed then gave another
+    vocabulary, other initial weights per token and dev EM anywhere from 84 to 98.
 
     Written through a staging directory, so a killed run leaves no half-written vocab.txt."""
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers import normalizers, pre_tokenizers
 
     from .files import atomic_directory
 
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    words = {word for text in texts for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text))}
+    characters = sorted({character for word in words for character in word})
+    pieces = (SPECIAL_TOKENS + characters + [f"##{character}" for character in characters]
+              + sorted(word for word in words if len(word) > 1))
     with atomic_directory(directory) as staging:
-        trainer.save_model(str(staging))
+        (staging / "vocab.txt").write_text("".join(f"{piece}\n" for piece in pieces), encoding="utf-8")
     return directory / "vocab.txt"
 
 
@@ -200,10 +212,10 @@ def write_data(output: Path, args: argparse.Namespace) -> tuple[Path, Path, dict
     atomic_write_json(dev_file, dev)
     logger.info("quickstart 1/6: wrote %d training and %d dev questions (SQuAD v1.1 JSON) to %s",
                 question_count(train), question_count(dev), data_dir)
-    vocab_file = train_vocab(list(dataset_texts(train, dev)), output / "vocab")
+    vocab_file = build_vocab(list(dataset_texts(train, dev)), output / "vocab")
     with open(vocab_file, encoding="utf-8") as handle:
         pieces = sum(1 for _ in handle)
-    logger.info("quickstart 2/6: trained a WordPiece vocabulary of %d pieces: %s", pieces, vocab_file)
+    logger.info("quickstart 2/6: wrote a WordPiece vocabulary of %d pieces: %s", pieces, vocab_file)
     return train_file, dev_file, dev, vocab_file
 
 

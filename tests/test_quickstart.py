@@ -163,6 +163,20 @@ def test_generation_is_seeded():
     assert quickstart.make_squad_dataset(30, 5, "t") != quickstart.make_squad_dataset(30, 6, "t")
 
 
+def test_vocabulary_is_the_same_every_time_and_keeps_every_word_whole(tmp_path):
+    from mobilebert_paddle.tokenizer import MobileBertTokenizer
+
+    texts = list(quickstart.dataset_texts(quickstart.make_squad_dataset(200, 3, "t")))
+    first = quickstart.build_vocab(texts, tmp_path / "a").read_text(encoding="utf-8")
+    assert quickstart.build_vocab(reversed(texts), tmp_path / "b").read_text(encoding="utf-8") == first
+    pieces = first.splitlines()
+    assert pieces[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and len(set(pieces)) == len(pieces)
+    tokenizer = MobileBertTokenizer(tmp_path / "a" / "vocab.txt")
+    for text in texts[:50]:
+        tokens = tokenizer.tokenize(text)
+        assert " ".join(tokens) == " ".join(text.lower().replace(".", " .").replace("?", " ?").split())
+
+
 # ----- bad input: one line, exit 2, nothing written ----------------------------------------
 
 @pytest.mark.parametrize("flags, message", [

@@ -10,6 +10,7 @@ backs most tests here: exit 0, one JSON document on stdout, EM from ~0 before tr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import shlex
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_tasks import run_cli
 
@@ -118,6 +120,46 @@ def test_the_next_predict_command_runs(summary, capsys):
     assert argv[:2] == ["mobilebert", "predict"]
     code, answer, _ = run_cli(capsys, argv[1:])
     assert code == 0 and answer["answer"] == "baker"
+
+
+def load_export_accuracy_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "export_accuracy.py"
+    spec = importlib.util.spec_from_file_location("export_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_export_accuracy_benchmark_on_the_trained_model(summary):
+    """benchmarks/export_accuracy.py (the README's int8 table) on the quickstart's model: the
+    float32 exports score as eager does, and int8 and the 8-bit-activation study run through
+    the same evaluation."""
+    benchmark = load_export_accuracy_benchmark()
+    artifacts = summary["artifacts"]
+    report = benchmark.score_model(Path(artifacts["best_model"]), Path(artifacts["dev_data"]), "squad1",
+                                   batch_size=64, activation_study=True)
+    results = report["results"]
+    assert report["windows"] >= 300 and results["eager"]["argmax_agreement_pct"] == 100.0
+    assert abs(results["eager"]["exact"] - summary["exact"]) <= 0.005 + 1e-9    # the report rounds to 0.01
+    for name in ("onnx", "onnx-fused", "paddle-fused"):
+        assert results[name]["argmax_agreement_pct"] >= 99.5, (name, results[name])
+        assert abs(results[name]["exact"] - results["eager"]["exact"]) <= 0.5, (name, results[name])
+    rounded = [f"eager-8bit-inputs-per-{granularity}" for granularity in benchmark.ACTIVATION_GRANULARITIES]
+    for name in ("onnx-int8", "onnx-fused-int8", *rounded):
+        assert 90 <= results[name]["argmax_agreement_pct"] < 100 + 1e-9, (name, results[name])
+
+
+def test_8_bit_rounding_of_the_activation_study():
+    rounding = load_export_accuracy_benchmark().round_to_uint8
+    values = np.array([[0.0, 0.001], [-1.0, 0.003], [2.55, 0.002]])     # a wide and a narrow channel
+    step = 3.55 / 255                                                    # one range for the whole tensor
+    per_tensor = rounding(values, None)
+    assert np.abs(per_tensor - values).max() <= step / 2 + 1e-12
+    assert np.abs(per_tensor - values)[:, 1].max() > 1e-3               # the narrow channel is lost in it
+    per_channel = rounding(values, 0)                                    # each column its own 255 steps
+    assert np.abs(per_channel - values)[:, 1].max() <= 0.003 / 255 / 2 + 1e-12
+    assert np.abs(rounding(values, 1) - values)[0].max() <= 0.001 / 255 / 2 + 1e-12   # per row: row 0 alone
 
 
 # ----- the data --------------------------------------------------------------------------------

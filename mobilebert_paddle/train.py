@@ -135,13 +135,6 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUTPUT instead of refusing")
 
 
-def parse_finetune_args(argv: list[str]) -> argparse.Namespace:
-    """The finetune flags parsed as the CLI parses them (for Python callers and tests)."""
-    parser = argparse.ArgumentParser(prog="mobilebert finetune")
-    add_finetune_arguments(parser)
-    return parser.parse_args(argv)
-
-
 def resolve_config(args: argparse.Namespace, task: Task) -> argparse.Namespace:
     """The flags with the task's recipe filled in, checked (bad values are UserInputErrors)."""
     config = argparse.Namespace(**vars(args))

@@ -20,6 +20,7 @@ import paddle
 import pytest
 
 from mobilebert_paddle import train
+from mobilebert_paddle.cli import parse_command_args
 from mobilebert_paddle.tasks import TASKS
 from tiny_tasks import (make_tiny_model_dir, model_weights, run_cli, subprocess_env, write_colour_pairs,
                         write_marker_squad)
@@ -98,8 +99,8 @@ def test_optimizer_state_moves_between_processes_by_parameter_path(base_model):
     def model_and_optimizer():
         model = MobileBertForSequenceClassification.from_pretrained(base_model)
         schedule = train.WarmupDecaySchedule(1e-3, 0.0, 0, 10)
-        return model, schedule, train.build_optimizer(model, schedule, train.parse_finetune_args(
-            ["rte", "--model", "m", "--output", "o"]))
+        return model, schedule, train.build_optimizer(model, schedule, parse_command_args(
+            "finetune", ["rte", "--model", "m", "--output", "o"]))
 
     ids = paddle.to_tensor(np.arange(2, 12).reshape(2, 5))
     model, schedule, optimizer = model_and_optimizer()

@@ -641,7 +641,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "that read the same input (same outputs within float32 rounding)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
                         help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only)")
-    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset version")
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset version, 10 to 21")
 
 
 def run(args: argparse.Namespace) -> dict:

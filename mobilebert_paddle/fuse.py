@@ -28,7 +28,7 @@ All folding is done in float64 and rounded once to float32.
    attention block becomes ONNX Runtime's com.microsoft.MultiHeadAttention.
 
 Effect on the full-size QA model: 3,133 ONNX nodes (2,458 after ONNX Runtime's own
-optimisations) -> 847 (523), almost all Gemms and no Splits; one thread at 1 x 128 runs at the FLOP floor
+optimisations) -> 874 (502), almost all Gemms; one thread at 1 x 128 runs at the FLOP floor
 (5.4 GFLOP in ~68 ms vs ~76 ms unfused). `mobilebert bench` has the 2-thread figures.
 """
 

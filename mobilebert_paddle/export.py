@@ -519,12 +519,12 @@ def write_export(model, config: MobileBertConfig, source: Path, staging: Path, e
 
 def write_onnx(layer, config: MobileBertConfig, staging: Path, fuse: bool, quantize: Optional[str],
                opset: int) -> dict:
-    """model.onnx in `staging`. Order matters: the Gemm rewrites need standard ONNX shape
-    inference, the int8 quantizer quantizes MatMul (not Gemm) and cannot type the
+    """model.onnx in `staging`. Order matters: the residual-Gemm rewrite needs standard ONNX
+    shape inference, the int8 quantizer quantizes MatMul (not Gemm) and cannot type the
     com.microsoft attention op, so: Gemms (fp32 only), then int8, then attention."""
     import onnx
 
-    from .fuse import fuse_residual_gemms, split_projection_gemms, use_multi_head_attention
+    from .fuse import fuse_residual_gemms, use_multi_head_attention
 
     architecture = config.architectures[0]
     with tempfile.TemporaryDirectory(prefix="static-", dir=staging) as static_dir:
@@ -533,7 +533,6 @@ def write_onnx(layer, config: MobileBertConfig, staging: Path, fuse: bool, quant
         model = static_to_onnx(prefix, architecture, opset)
     rewrites = {}
     if fuse and quantize is None:
-        rewrites["projection_gemms"] = split_projection_gemms(model)
         rewrites["residual_gemms"] = fuse_residual_gemms(model)
     if quantize == "int8":
         fp32_path, int8_path = staging / "model.fp32.onnx", staging / "model.int8.onnx"

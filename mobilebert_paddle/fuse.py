@@ -22,10 +22,9 @@
 With normalization_type "layer_norm" only 2 and 3 apply (a LayerNorm is not affine).
 All folding is done in float64 and rounded once to float32.
 
-4. After paddle2onnx, graph rewrites (below; export.py applies them): in float32, each merged
-   projection that is split into pieces becomes one Gemm per piece (no Split copies) and each
-   matmul whose output is added to a residual becomes one Gemm with the residual as C; each
-   attention block becomes ONNX Runtime's com.microsoft.MultiHeadAttention.
+4. After paddle2onnx, two graph rewrites (below; export.py applies them): each matmul whose
+   output is added to a residual becomes one Gemm with the residual as C, and each attention
+   block becomes ONNX Runtime's com.microsoft.MultiHeadAttention.
 
 Effect on the full-size QA model: 3,133 ONNX nodes (2,458 after ONNX Runtime's own
 optimisations) -> 874 (502), almost all Gemms; one thread at 1 x 128 runs at the FLOP floor
@@ -484,71 +483,6 @@ def fuse_residual_gemms(model) -> int:
         graph.node.remove(add)
         fused += 1
     return fused
-
-
-def split_projection_gemms(model) -> int:
-    """MatMul(A, W) + b -> Split into pieces  =>  one Gemm(A, W[:, piece], b[piece]) per piece.
-
-    The merged projections of FusedLayer (one matmul, then a split into bottleneck input,
-    value, query, key) suit Paddle and the int8 model (one quantization of A for all pieces);
-    in float32 ONNX Runtime, each Split copies its input (~55 us at 1 x 128, twice per layer),
-    while a Gemm per piece reads A again and writes its piece in place. Each output element is
-    the same dot product either way, so the outputs are bit-identical; measured 4-5% faster at
-    1 x 128 and ~2% at 8 x 384 on the full-size model. Returns the number of Splits removed."""
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    ranks, index = tensor_ranks(model), GraphIndex(graph)
-    replaced = 0
-    for split in [node for node in graph.node if node.op_type == "Split"]:
-        add = index.made_by(split.input[0], "Add")
-        matmul = next((index.made_by(name, "MatMul") for name in add.input
-                       if index.made_by(name, "MatMul") is not None), None) if add is not None else None
-        if matmul is None or index.only_consumer(add.output[0]) is not split or index.only_consumer(
-                matmul.output[0]) is not add or ranks.get(matmul.input[0]) != 2:
-            continue
-        bias_name = add.input[1] if add.input[0] == matmul.output[0] else add.input[0]
-        weight, bias = index.initializers.get(matmul.input[1]), index.initializers.get(bias_name)
-        sizes = _split_sizes(index, split)
-        if weight is None or bias is None or sizes is None or _attribute(split, "axis") not in (-1, 1):
-            continue
-        weight, bias = numpy_helper.to_array(weight), numpy_helper.to_array(bias)
-        if weight.ndim != 2 or bias.shape != (weight.shape[1],) or sum(sizes) != weight.shape[1]:
-            continue
-        bounds = np.cumsum([0, *sizes])
-        gemms = []
-        for piece, output in enumerate(split.output):
-            names = (f"{matmul.input[1]}_piece{piece}", f"{bias_name}_piece{piece}")
-            columns = slice(bounds[piece], bounds[piece + 1])
-            graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(weight[:, columns]), names[0]),
-                                      numpy_helper.from_array(np.ascontiguousarray(bias[columns]), names[1])])
-            gemms.append(helper.make_node("Gemm", [matmul.input[0], *names], [output],
-                                          name=f"{split.name or 'split'}_piece{piece}_gemm"))
-        position = list(graph.node).index(split)
-        for offset, gemm in enumerate(gemms):
-            graph.node.insert(position + offset, gemm)
-        for node in (split, add, matmul):
-            graph.node.remove(node)
-        replaced += 1
-    used = {name for node in graph.node for name in node.input}
-    for item in [item for item in graph.initializer if item.name not in used]:
-        graph.initializer.remove(item)
-    return replaced
-
-
-def _split_sizes(index: GraphIndex, split) -> Optional[list]:
-    """The piece widths of a Split: its 'split' attribute (opset < 13) or constant input."""
-    from onnx import numpy_helper
-
-    if len(split.input) < 2 or not split.input[1]:
-        sizes = _attribute(split, "split")
-        return [int(size) for size in sizes] if sizes else None
-    if split.input[1] in index.initializers:
-        return [int(size) for size in numpy_helper.to_array(index.initializers[split.input[1]])]
-    constant = index.made_by(split.input[1], "Constant")
-    if constant is None:
-        return None
-    return [int(size) for size in numpy_helper.to_array(_attribute(constant, "value"))]
 
 
 def use_multi_head_attention(model, num_heads: int, width: int) -> int:

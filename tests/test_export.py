@@ -88,42 +88,16 @@ def test_fused_onnx_graph_is_rewritten(tmp_path, model_dirs):
     assert summary["graph_rewrites"]["multi_head_attention"] == layers
     # per layer: attention output + 2 FFNs (each a residual step) + output bottleneck; plus embeddings
     assert summary["graph_rewrites"]["residual_gemms"] == layers * 4 + 1
-    # per layer: the merged input projection and the merged query/key projection
-    assert summary["graph_rewrites"]["projection_gemms"] == layers * 2
 
     def op_count(directory, op_type):
         return sum(node.op_type == op_type for node in onnx.load(str(directory / "model.onnx")).graph.node)
 
     assert op_count(tmp_path / "fused", "MultiHeadAttention") == layers
-    assert op_count(tmp_path / "fused", "Split") == 0
     assert op_count(tmp_path / "fused", "Softmax") == 0
     assert op_count(tmp_path / "fused", "Mul") < op_count(tmp_path / "plain", "Mul")
     assert len(onnx.load(str(tmp_path / "fused" / "model.onnx")).graph.node) < 0.6 * len(
         onnx.load(str(tmp_path / "plain" / "model.onnx")).graph.node)
     assert plain["graph_rewrites"] == {}
-
-
-def test_projection_gemms_give_bit_identical_outputs(tmp_path, model_dirs):
-    """One Gemm per piece computes the same dot products as the merged matmul and its Split."""
-    import onnx
-
-    from mobilebert_paddle.export import INPUT_NAMES, load_eager_model, onnx_session, save_static_model, static_to_onnx
-    from mobilebert_paddle.fuse import fuse_model, split_projection_gemms
-
-    model, config = load_eager_model(model_dirs[QA])
-    save_static_model(fuse_model(model), QA, tmp_path / "model")
-    merged = static_to_onnx(tmp_path / "model", QA)
-    pieces = onnx.ModelProto()
-    pieces.CopyFrom(merged)
-    assert split_projection_gemms(pieces) == 2 * config.num_hidden_layers
-    assert sum(node.op_type == "Split" for node in merged.graph.node) == 2 * config.num_hidden_layers
-    onnx.checker.check_model(pieces)
-    batch = padded_batch(config.vocab_size, lengths=(23, 4, 17), seed=7)
-    feed = {name: np.asarray(batch[name], dtype=np.int64) for name in INPUT_NAMES}
-    expected = onnx_session(merged.SerializeToString(), 2).run(None, feed)
-    actual = onnx_session(pieces.SerializeToString(), 2).run(None, feed)
-    for got, want in zip(actual, expected):
-        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("fuse", [False, True])

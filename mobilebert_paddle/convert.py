@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import CONFIG_NAME, MobileBertConfig
 from .errors import UserInputError
-from .files import atomic_directory, ensure_writable_dir, read_json
+from .files import atomic_directory, atomic_write_safetensors, ensure_writable_dir, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -459,10 +459,8 @@ def convert(source: str | os.PathLike, destination: str | os.PathLike, to: str =
 
 
 def write_model_files(directory: Path, config: MobileBertConfig, weights: StateDict, metadata: dict) -> None:
-    from safetensors.numpy import save_file
-
     config.save_pretrained(directory)
-    save_file(weights, str(directory / WEIGHTS_NAME), metadata=metadata)
+    atomic_write_safetensors(directory / WEIGHTS_NAME, weights, metadata)
 
 
 # ----------------------------------------------------------------------------------------

@@ -73,6 +73,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def atomic_write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """Write numpy arrays as a safetensors file, atomically and with the umask's usual mode
+    (safetensors' own save_file writes 0600 in place). A full disk raises OSError."""
+    from safetensors.numpy import save
+
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

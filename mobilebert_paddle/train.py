@@ -49,8 +49,8 @@ from paddle.io import DistributedBatchSampler
 from .errors import UserInputError
 from .evaluation import (add_task_settings_arguments, check_sequence_length, eager_predictor, evaluate_task,
                          select_device, write_evaluation)
-from .files import (atomic_directory, atomic_write_json, atomic_write_text, check_creatable_dir, ensure_writable_dir,
-                    read_json, recover_directory)
+from .files import (atomic_directory, atomic_write_json, atomic_write_safetensors, atomic_write_text,
+                    check_creatable_dir, ensure_writable_dir, read_json, recover_directory)
 from .tasks import (MODEL_INPUT_NAMES, TASK_NAMES, Task, TaskSettings, dev_sources, get_task, load_eval_sets,
                     read_train_examples, recipe_table)
 
@@ -554,8 +554,6 @@ class Trainer:
 
     def save_last(self) -> None:
         """last/: model dir + optimizer moments + trainer state (step, schedule, RNG of every process)."""
-        from safetensors.numpy import save_file
-
         from .convert import save_paddle_model_dir
 
         rng_states = self.gather(rng_state())
@@ -565,7 +563,7 @@ class Trainer:
                           "run": self.run_identity()}
             with atomic_directory(self.output / "last") as staging:
                 save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
-                save_file(optimizer_state_by_name(self.optimizer, self.raw_model), str(staging / OPTIMIZER_STATE))
+                atomic_write_safetensors(staging / OPTIMIZER_STATE, optimizer_state_by_name(self.optimizer, self.raw_model))
                 atomic_write_json(staging / CHECKPOINT_STATE, checkpoint)
         self.barrier()
 

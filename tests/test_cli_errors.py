@@ -191,8 +191,10 @@ CASES = [
     Case("bench-too-long-seq", "bench --model {qa} --output {out} --seq 1024",
          "exceeds the model's max_position_embeddings"),
     Case("bench-zero-threads", "bench --model {qa} --output {out} --threads 0", "--threads must be positive"),
-    Case("bench-negative-pause", "bench --model {qa} --output {out} --pause -1", "--pause must be a finite number"),
-    Case("bench-nan-pause", "bench --model {qa} --output {out} --pause nan", "--pause must be a finite number"),
+    Case("bench-negative-pause", "bench --model {qa} --output {out} --pause -1",
+         "argument --pause: must be a finite number >= 0 and <= 3600, got -1"),
+    Case("bench-nan-pause", "bench --model {qa} --output {out} --pause nan",
+         "argument --pause: must be a finite number >= 0 and <= 3600, got nan"),
     Case("bench-output-under-file", "bench --model {qa} --output {file}/bench", "not writable", "{file}"),
 ]
 

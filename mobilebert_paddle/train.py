@@ -622,13 +622,17 @@ class Trainer:
         from .convert import save_paddle_model_dir
 
         check_finite_weights(self.raw_model, self.state.step)
-        with atomic_directory(self.output / "best") as staging:
-            save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
-            if result is not None:
-                write_evaluation(self.task, result, staging, extra={"step": self.state.step})
-            else:
-                atomic_write_json(staging / "metrics.json",
-                                  {"step": self.state.step, "note": "final model, not selected on dev"})
+        try:
+            with atomic_directory(self.output / "best") as staging:
+                save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
+                if result is not None:
+                    write_evaluation(self.task, result, staging, extra={"step": self.state.step})
+                else:
+                    atomic_write_json(staging / "metrics.json",
+                                      {"step": self.state.step, "note": "final model, not selected on dev"})
+        except OSError as error:       # a full disk: the staging dir is gone, the old best/ untouched
+            raise UserInputError(f"{self.output / 'best'}: cannot write the step {self.state.step} model "
+                                 f"({error.strerror or error}); {self.checkpoint_note()}") from None
         if result is None:
             self.state.best_step = self.state.step
 

@@ -168,6 +168,21 @@ def test_gzip_input_gives_the_same_rows(corpus, tokenizer_dir, data_dir, tmp_pat
     assert shards and all((output / name).read_bytes() == (data_dir / name).read_bytes() for name in shards)
 
 
+def test_dupe_factor_passes_over_the_corpus_with_new_splits(corpus, tokenizer_dir, tmp_path):
+    part = tmp_path / "part.txt"
+    part.write_text("\n\n".join(corpus.read_text().split("\n\n")[:300]) + "\n")
+    once, twice = (PretrainingData(tmp_path / name) for name in ("once", "twice")
+                   if pretrain_data(part, "--tokenizer", tokenizer_dir, "--output", tmp_path / name,
+                                    "--dupe-factor", 1 if name == "once" else 2))
+    assert once.meta["num_documents"] == twice.meta["num_documents"] == 300
+    assert abs(twice.num_rows - 2 * once.num_rows) < 0.1 * once.num_rows
+    first_pass = twice.rows(np.arange(once.num_rows))["input_ids"]
+    assert (first_pass == once.rows(np.arange(once.num_rows))["input_ids"]).all()
+    shared = min(once.num_rows, twice.num_rows - once.num_rows)
+    second_pass = twice.rows(np.arange(once.num_rows, once.num_rows + shared))["input_ids"]
+    assert not (second_pass == first_pass[:shared]).all()
+
+
 def test_data_dir_says_which_vocabulary_its_ids_are_in(data, data_dir, bert_vocab_file):
     assert (data_dir / "vocab.txt").read_bytes() == bert_vocab_file.read_bytes()
     assert (data_dir / "tokenizer_config.json").is_file() and data.tokenizer_dir == data_dir

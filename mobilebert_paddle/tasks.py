@@ -144,7 +144,6 @@ class Task:
     label_names: tuple[str, ...]   # row arrays the loss reads
     hub_dev_splits: tuple[str, ...] = ("validation",)
     eager_only: bool = False       # evaluation needs the Paddle model (no exported backend)
-    finetunable: bool = True       # a `finetune` task (pretraining has its own command)
 
     # ----- training hooks (see the class docstring) ------------------------------------------
 
@@ -525,13 +524,20 @@ def _build_registry() -> dict[str, Task]:
 
 
 TASKS: dict[str, Task] = _build_registry()
-TASK_NAMES = tuple(TASKS)                    # `evaluate` takes every task
-FINETUNE_TASK_NAMES = tuple(name for name, task in TASKS.items() if task.finetunable)
+FINETUNE_TASK_NAMES = tuple(TASKS)
+# Tasks in their own modules, which subclass Task (so they import this one): built on first use.
+MODULE_TASKS = {"pretraining": ("mobilebert_paddle.pretraining", "PretrainingTask")}
+TASK_NAMES = FINETUNE_TASK_NAMES + tuple(MODULE_TASKS)     # `evaluate` takes every task
 
 
 def get_task(name: str) -> Task:
+    if name in MODULE_TASKS and name not in TASKS:
+        import importlib
+
+        module, class_name = MODULE_TASKS[name]
+        TASKS[name] = getattr(importlib.import_module(module), class_name)()
     if name not in TASKS:
-        raise UserInputError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
+        raise UserInputError(f"unknown task {name!r} (known: {', '.join(TASK_NAMES)})")
     return TASKS[name]
 
 
@@ -541,7 +547,7 @@ def recipe_table() -> str:
                      f"decay_ratio {task.recipe.decay_ratio:g}, eval_steps {task.recipe.eval_steps or 'per epoch'}"
                      + (f", null_score_diff_threshold {task.recipe.null_score_diff_threshold:g}"
                         if task.recipe.null_score_diff_threshold else "")
-                     for name, task in TASKS.items() if task.finetunable)
+                     for name, task in TASKS.items() if name in FINETUNE_TASK_NAMES)
 
 
 # --------------------------------------------------------------------------------------------

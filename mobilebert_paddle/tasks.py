@@ -144,6 +144,9 @@ class Task:
     label_names: tuple[str, ...]   # row arrays the loss reads
     hub_dev_splits: tuple[str, ...] = ("validation",)
     eager_only: bool = False       # evaluation needs the Paddle model (no exported backend)
+    # Data parallel: True when a step's loss may leave some parameters without a gradient
+    # (distillation's per-layer phases); Paddle's DataParallel must then look for them.
+    find_unused_parameters: bool = False
 
     # ----- training hooks (see the class docstring) ------------------------------------------
 

@@ -213,15 +213,28 @@ def test_same_seed_same_bytes_another_seed_differs(corpus, tokenizer_dir, data_d
 
 # ----- bounded memory ----------------------------------------------------------------------
 
-def peak_rss_mb(argv: list[str]) -> float:
-    """Run `python -m mobilebert_paddle ARGV`; the peak resident memory of that process alone."""
-    process = subprocess.Popen([sys.executable, "-m", "mobilebert_paddle", *argv],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0, process.stderr.read().decode()
-    process.stderr.close()
-    return usage.ru_maxrss / 1024            # Linux reports KiB
+PEAK_RSS_PROBE = """
+import runpy, sys
+sys.argv = ["mobilebert", *sys.argv[2:]]
+try:
+    runpy.run_module("mobilebert_paddle", run_name="__main__")
+finally:
+    with open("/proc/self/status") as status, open(PEAK_FILE, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+"""
+
+
+def peak_rss_mb(argv: list[str], tmp_path: Path) -> float:
+    """Run `python -m mobilebert_paddle ARGV`; the peak resident memory of that program alone.
+
+    Read from VmHWM in /proc at its exit, not from getrusage: Linux carries ru_maxrss across
+    fork + exec, so a child of a large pytest process (Paddle and torch loaded by earlier tests)
+    would report the parent's size."""
+    peak_file = tmp_path / "peak-kib.txt"
+    probe = PEAK_RSS_PROBE.replace("PEAK_FILE", repr(str(peak_file)))
+    result = subprocess.run([sys.executable, "-c", probe, "--", *argv], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return int(peak_file.read_text()) / 1024
 
 
 def test_memory_does_not_grow_with_the_corpus(shared_data, tokenizer_dir, tmp_path):
@@ -241,7 +254,7 @@ def test_memory_does_not_grow_with_the_corpus(shared_data, tokenizer_dir, tmp_pa
     cap_mb = 4.0
     assert large.stat().st_size / 1e6 >= 4 * cap_mb
     peaks = {name: peak_rss_mb(["pretrain-data", str(path), "--tokenizer", str(tokenizer_dir),
-                                "--output", str(tmp_path / f"data-{name}")])
+                                "--output", str(tmp_path / f"data-{name}")], tmp_path)
              for name, path in (("small", small), ("large", large))}
     assert peaks["large"] - peaks["small"] < cap_mb, peaks
     assert peaks["large"] < 150, peaks

@@ -93,9 +93,10 @@ def convert(source: str | os.PathLike, destination: str | os.PathLike, to: str =
     Every check (destination, source, config against weights) runs before anything is
     written; the destination then appears complete in one rename, or not at all."""
     destination = Path(destination)
-    check_destination(destination)
+    local = Path(source) if Path(source).exists() else None
+    check_destination(destination, local)         # never the source, inside it, or holding it
     directory = resolve_source(source)
-    check_destination(destination, directory)     # never the source, inside it, or holding it
+    check_destination(destination, directory)     # (a hub id's download too)
     config, state = load_pretrained(directory)
     import paddle
 

@@ -277,6 +277,7 @@ def load_exported(directory: Path, manifest: dict, threads: Optional[int] = None
     names = manifest["outputs"]
     shown_dir = model_dir or directory
     model_file = directory / manifest["model_file"]
+    shown_files = f"{directory / PADDLE_PREFIX}.json / .pdiparams" if manifest["format"] == "paddle" else model_file
     try:
         if manifest["format"] == "paddle":
             predictor = PaddleInferencePredictor(config, shown_dir, directory / PADDLE_PREFIX, names, threads)
@@ -287,7 +288,7 @@ def load_exported(directory: Path, manifest: dict, threads: Optional[int] = None
         raise
     except Exception as error:  # onnxruntime / Paddle Inference raise their own types for bad files
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise UserInputError(f"{model_file}: unreadable {manifest['format']} model (truncated or corrupt?): "
+        raise UserInputError(f"{shown_files}: unreadable {manifest['format']} model (truncated or corrupt?): "
                              f"{reason[:160]}") from None
     return predictor
 
@@ -594,7 +595,7 @@ def library_versions(export_format: str) -> dict:
 def check_output_dir(output: Path, source: Path) -> None:
     """Refuse, before any work, an output that cannot be written or would replace something
     that is not an export (the whole directory is replaced)."""
-    check_separate_dirs(source, output, "--output")
+    check_separate_dirs(source, output, "--output", "the model directory")
     if output.exists() and not output.is_dir():
         raise UserInputError(f"{output}: --output exists and is not a directory")
     if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():

@@ -208,14 +208,15 @@ def bounded_lines(handle, path: Path, max_chars: int = MAX_LINE_CHARS) -> Iterat
         yield line
 
 
-def check_separate_dirs(source: str | os.PathLike, output: str | os.PathLike, what: str = "the output") -> None:
+def check_separate_dirs(source: str | os.PathLike, output: str | os.PathLike, what: str = "the output",
+                        source_label: str = "the source directory") -> None:
     """Refuse an output directory equal to, inside or holding the source: replacing it whole
     would delete the user's files (symlinks and '..' are resolved first)."""
     source_path, output_path = Path(source).resolve(), Path(output).resolve()
     if output_path == source_path:
-        raise UserInputError(f"{output}: {what} is the source directory {source} itself; choose another directory")
+        raise UserInputError(f"{output}: {what} is {source_label} itself ({source}); choose another directory")
     if source_path in output_path.parents:
-        raise UserInputError(f"{output}: {what} is inside the source directory {source}; choose a directory outside it")
+        raise UserInputError(f"{output}: {what} is inside {source_label} {source}; choose a directory outside it")
     if output_path in source_path.parents:
-        raise UserInputError(f"{output}: {what} holds the source directory {source}, and would be replaced whole; "
+        raise UserInputError(f"{output}: {what} holds {source_label} {source}, and would be replaced whole; "
                              "choose another directory")

@@ -77,7 +77,7 @@ def check_tensor_dict(state, path: Path, is_tensor=lambda value: isinstance(valu
         raise UserInputError(f"{path}: holds a {type(state).__name__}, not a dict of name -> tensor")
     for key, value in state.items():
         if not isinstance(key, str) or not is_tensor(value):
-            raise UserInputError(f"{path}: entry {key!r} is a {type(value).__name__}, not a named tensor; "
+            raise UserInputError(f"{path}: entry {key!r} is of type {type(value).__name__}, not a named tensor; "
                                  "expected a dict of name -> tensor")
     return state
 

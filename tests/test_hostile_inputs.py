@@ -48,12 +48,12 @@ def case(case_id: str, argv: str, fragment: str | None, *extra: str) -> Case:
 
 CASES = [
     # 1. the destination is the source, inside it or holds it: refused before any work ------------
-    case("convert-into-itself", "convert {hf_copy} {hf_copy}", "is the source directory"),
+    case("convert-into-itself", "convert {hf_copy} {hf_copy}", "is the source directory itself"),
     case("convert-into-subdir", "convert {hf_copy} {hf_copy}/paddle", "inside the source directory"),
     case("convert-into-parent", "convert {nested}/hf {nested}", "holds the source directory"),
     case("convert-into-link-to-source", "convert {hf_copy} {link_to_hf_copy}", None),
     case("convert-to-hf-into-itself", "convert {qa_copy} {qa_copy}/.. --to hf", None),
-    case("export-into-model-subdir", "export --model {qa} --output {qa}/onnx", "inside the source directory"),
+    case("export-into-model-subdir", "export --model {qa} --output {qa}/onnx", "inside the model directory"),
     # 2. hostile pickles: refused with the reason, never torch's advice, payload never run ---------
     case("convert-hostile-bin", "convert {hostile_bin} {out}", "contains a pickled object of type getattr"),
     case("compare-hostile-bin", "compare {hostile_bin} {hf_as_paddle}", "only tensors are loaded"),
@@ -91,7 +91,7 @@ CASES = [
     # 6. what used to be tracebacks ------------------------------------------------------------
     case("convert-pdparams-list", "convert {pdparams_list} {out}", "holds a list, not a dict"),
     case("convert-pdparams-tuple", "convert {pdparams_tuple} {out}", "holds a tuple, not a dict"),
-    case("convert-pdparams-dict-of-ints", "convert {pdparams_ints} {out}", "is a int, not a named tensor"),
+    case("convert-pdparams-dict-of-ints", "convert {pdparams_ints} {out}", "is of type int, not a named tensor"),
     case("convert-bin-list", "convert {bin_list} {out}", None),
     case("convert-bin-dict-of-ints", "convert {bin_ints} {out}", None),
     case("convert-weight-map-not-string", "convert {weight_map_int} {out}", "must be a non-empty string"),

@@ -138,7 +138,8 @@ def torch_twin(model, config: MobileBertConfig, threads: int):
     except ImportError as error:
         raise UserInputError(f"bench compares against PyTorch: {error}; "
                              "pip install 'mobilebert-paddle[torch]'") from None
-    from .convert import model_state_numpy, paddle_to_hf
+    from .convert import paddle_to_hf
+    from .modeldir import model_state_numpy
 
     torch.set_num_threads(threads)
     architecture = config.architectures[0]

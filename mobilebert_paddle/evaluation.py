@@ -141,7 +141,7 @@ def select_device(device: str) -> str:
 
 
 def model_architecture(config, state: dict | None, source: Path) -> str:
-    from .convert import infer_architecture
+    from .modeldir import infer_architecture
     from .model import HEADS
 
     named = [name for name in (config.architectures or []) if name in HEADS]
@@ -155,9 +155,8 @@ def model_architecture(config, state: dict | None, source: Path) -> str:
 def load_inference_model(source: str, head: str, backend: str = "eager") -> InferenceModel:
     """A fine-tuned model dir (Paddle or HF, or a hub id) with the head `head`, ready to predict."""
     from .config import MobileBertConfig
-    from .convert import load_pretrained, resolve_source
     from .model import HEADS
-    from .tokenizer import MobileBertTokenizer
+    from .modeldir import load_pretrained, load_tokenizer, resolve_source
 
     directory = resolve_source(source)
     if not (directory / "config.json").is_file():
@@ -170,7 +169,7 @@ def load_inference_model(source: str, head: str, backend: str = "eager") -> Infe
     architecture = model_architecture(config, state, directory)
     if architecture != head:
         raise UserInputError(f"{directory}: the model is a {architecture}; this needs a fine-tuned {head}")
-    tokenizer = MobileBertTokenizer.from_pretrained(directory)
+    tokenizer = load_tokenizer(directory, config)
     if backend == "eager":
         config.architectures = [architecture]
         model = HEADS[architecture](config)

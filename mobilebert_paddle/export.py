@@ -33,7 +33,7 @@ from . import flags
 from .compare import relative_error
 from .config import MobileBertConfig
 from .errors import UserInputError
-from .files import atomic_directory, atomic_write_json, read_json
+from .files import SMALL_FILE_BYTES, atomic_directory, atomic_write_json, check_separate_dirs, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def load_predictor(model_dir: "str | os.PathLike", backend: str = "eager", *, fu
 
 def load_eager_model(directory: Path):
     """(Paddle model in eval mode, config) from a model dir with weights."""
-    from .convert import build_model, load_pretrained
+    from .modeldir import build_model, load_pretrained
 
     config, state = load_pretrained(directory)
     model = build_model(config, state)
@@ -281,22 +281,54 @@ def load_exported(directory: Path, manifest: dict, threads: Optional[int] = None
     config = MobileBertConfig.from_pretrained(directory)
     names = manifest["outputs"]
     shown_dir = model_dir or directory
-    if manifest["format"] == "paddle":
-        return PaddleInferencePredictor(config, shown_dir, directory / PADDLE_PREFIX, names, threads)
-    # Read the bytes now: the file may be in a temporary directory about to be removed.
-    return OnnxPredictor(config, shown_dir, (directory / manifest["model_file"]).read_bytes(), names, threads)
+    model_file = directory / manifest["model_file"]
+    shown_files = f"{directory / PADDLE_PREFIX}.json / .pdiparams" if manifest["format"] == "paddle" else model_file
+    try:
+        if manifest["format"] == "paddle":
+            predictor = PaddleInferencePredictor(config, shown_dir, directory / PADDLE_PREFIX, names, threads)
+        else:  # read the bytes now: the file may be in a temporary directory about to be removed
+            predictor = OnnxPredictor(config, shown_dir, read_model_bytes(model_file), names, threads)
+        check_runs(predictor, config, manifest.get("architecture", ""))
+    except UserInputError:
+        raise
+    except Exception as error:  # onnxruntime / Paddle Inference raise their own types for bad files
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise UserInputError(f"{shown_files}: unreadable {manifest['format']} model (truncated or corrupt?): "
+                             f"{reason[:160]}") from None
+    return predictor
+
+
+def read_model_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot read the model ({error.strerror or error})") from None
+
+
+def check_runs(predictor: Predictor, config: MobileBertConfig, architecture: str) -> None:
+    """One tiny forward: a truncated weights file can load and then fail (or be empty) at run time."""
+    batch = probe_batch(config, architecture or (config.architectures or ["MobileBertModel"])[0])
+    outputs = predictor(batch)
+    if len(outputs) != len(predictor.output_names):
+        raise UserInputError(f"{predictor.model_dir}: the exported model gives {len(outputs)} outputs, "
+                             f"its manifest names {len(predictor.output_names)}")
 
 
 def read_manifest(directory: Path) -> Optional[dict]:
     path = directory / MANIFEST_NAME
     if not path.is_file():
         return None
-    manifest = read_json(path, "export manifest")
+    from .modeldir import inside
+
+    manifest = read_json(path, "export manifest", max_bytes=SMALL_FILE_BYTES)
     if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
         raise UserInputError(f"{path}: not a mobilebert export manifest (no valid 'format')")
-    model_file = manifest.get("model_file", "")
-    if not (directory / model_file).is_file() or not isinstance(manifest.get("outputs"), list):
-        raise UserInputError(f"{path}: names model file {model_file!r}, which is missing")
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(name, str) for name in outputs):
+        raise UserInputError(f"{path}: 'outputs' must be a list of output names")
+    model_file = inside(directory, manifest.get("model_file"), f"{path}: model_file")
+    if not model_file.is_file():
+        raise UserInputError(f"{path}: names model file {manifest['model_file']!r}, which is missing")
     return manifest
 
 
@@ -514,7 +546,7 @@ def compare_with_eager(predictor: Predictor, reference: Predictor, batch: dict) 
 def write_export(model, config: MobileBertConfig, source: Path, staging: Path, export_format: str,
                  fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET) -> dict:
     """Write the export into the (empty) directory `staging`; returns the manifest."""
-    from .convert import copy_tokenizer_files
+    from .modeldir import copy_tokenizer_files
 
     architecture = config.architectures[0]
     layer = model
@@ -585,8 +617,7 @@ def library_versions(export_format: str) -> dict:
 def check_output_dir(output: Path, source: Path) -> None:
     """Refuse, before any work, an output that cannot be written or would replace something
     that is not an export (the whole directory is replaced)."""
-    if output.resolve() == source.resolve():
-        raise UserInputError(f"{output}: --output is the model directory itself; choose another directory")
+    check_separate_dirs(source, output, "--output", "the model directory")
     if output.exists() and not output.is_dir():
         raise UserInputError(f"{output}: --output exists and is not a directory")
     if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():

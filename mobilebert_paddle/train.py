@@ -660,7 +660,7 @@ class Trainer:
 
     def save_best(self, result) -> None:
         """best/: a model dir (tokenizer, id2label) plus metrics.json and the dev predictions, in one swap."""
-        from .convert import save_paddle_model_dir
+        from .modeldir import save_paddle_model_dir
 
         check_finite_weights(self.raw_model, self.state.step)
         try:
@@ -679,7 +679,7 @@ class Trainer:
 
     def save_last(self) -> None:
         """last/: model dir + optimizer moments + trainer state (step, schedule, RNG of every process)."""
-        from .convert import save_paddle_model_dir
+        from .modeldir import save_paddle_model_dir
 
         rng_states = self.gather(rng_state())
         if self.is_main:
@@ -833,7 +833,7 @@ def init_distributed(device: str) -> str:
 
 def start_source(config, output: Path) -> Path:
     """The model dir training starts from: last/ when resuming, else --model (a hub id resolved)."""
-    from .convert import resolve_source
+    from .modeldir import resolve_source
 
     last = output / "last"
     if config.resume and last.is_dir():
@@ -842,15 +842,17 @@ def start_source(config, output: Path) -> Path:
     return resolve_source(config.model)
 
 
-def check_start(config, source: Path):
-    """Read and check the start's config.json and weights, and return its tokenizer. The model
-    is built later (load_start_model, which logs a new head): every input is checked first."""
-    from .convert import load_pretrained
-    from .tokenizer import MobileBertTokenizer
+def check_start(config, source: Path, task: Task):
+    """Read and check the start's config.json, weights (their label count against the task's)
+    and tokenizer, and return the tokenizer. The model is built later (load_start_model, which
+    logs a new head): every input is checked first."""
+    from .modeldir import check_label_count, load_pretrained, load_tokenizer
 
-    model_config, _ = load_pretrained(source)     # a bad dir fails here; the weights are read again later
+    model_config, state = load_pretrained(source)     # a bad dir fails here; the weights are read again later
+    check_label_count(model_config, state, task.model_class().architecture, task.config_changes()["id2label"],
+                      task.name, config.model)
     check_sequence_length(config.max_seq_length, model_config, config.model)
-    return MobileBertTokenizer.from_pretrained(source)
+    return load_tokenizer(source, model_config)
 
 
 def load_start_model(task: Task, source: Path):
@@ -885,7 +887,7 @@ def run_finetune(args: argparse.Namespace) -> dict | None:
     if dist.get_world_size() > 1:
         dist.barrier()   # rank 0 has recovered / cleaned the run dir
     source = start_source(config, output)
-    tokenizer = check_start(config, source)
+    tokenizer = check_start(config, source, task)
     rows, eval_sets, train_source = load_data(task, config, tokenizer)
     minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
     if GlobalBatchSampler.batches_per_epoch(len(rows["input_ids"]), config.batch_size, minimum_rows) == 0:

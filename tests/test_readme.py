@@ -233,7 +233,7 @@ def walkthrough(tmp_path_factory) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def check_convert_to_paddle(result: Result, root: Path, walkthrough: dict) -> None:
-    from mobilebert_paddle.convert import read_safetensors_metadata
+    from mobilebert_paddle.modeldir import read_safetensors_metadata
 
     destination = root / result.argv[2]
     assert result.summary["architecture"] == "MobileBertForPreTraining"

@@ -29,6 +29,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .config import MobileBertConfig
+from . import flags
 from .errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -345,7 +346,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", action="append", metavar="T", default=argparse.SUPPRESS,
                         help=f"text to run, repeatable; 'question{PAIR_SEPARATOR}context' is a pair "
                              f"(default: {len(DEFAULT_TEXTS)} built-in English texts and question/context pairs)")
-    parser.add_argument("--tolerance", type=float, default=1e-5,
+    parser.add_argument("--tolerance", type=flags.number(minimum=0), default=1e-5,
                         help="largest relative error max|paddle - torch| / max|torch| that passes")
     parser.add_argument("--layers", action="store_true", help="also compare the hidden states of every layer")
 
@@ -354,8 +355,6 @@ def run(args: argparse.Namespace) -> tuple[dict, int]:
     texts = getattr(args, "text", None) or list(DEFAULT_TEXTS)  # SUPPRESS: absent unless given
     if any(not text.strip() for text in texts):
         raise UserInputError("--text: empty text")
-    if not args.tolerance >= 0:   # also catches nan
-        raise UserInputError(f"--tolerance must be >= 0, got {args.tolerance}")
     summary = compare(args.hf_source, args.paddle_dir, texts, args.tolerance, args.layers)
     print_table("output", summary["outputs"], args.tolerance)
     if args.layers:

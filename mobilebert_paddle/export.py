@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from . import flags
 from .compare import relative_error
 from .config import MobileBertConfig
 from .errors import UserInputError
@@ -43,6 +45,9 @@ MANIFEST_NAME = "export.json"
 PADDLE_PREFIX = "model"                 # paddle.jit.save writes model.json + model.pdiparams
 ONNX_NAME = "model.onnx"
 ONNX_OPSET = 17
+# paddle2onnx 2.1 accepts 7..21 but writes opset 10 for anything below 10 (aborts above 21);
+# 10..21 each give a model of that opset that matches eager, --fuse and int8 included (measured)
+MIN_OPSET, MAX_OPSET = 10, 21
 EXPORT_TOLERANCE = 1e-5                 # fp32 exports must match eager within this relative error
 # Paddle Inference on CPU: oneDNN (MKLDNN) kernels. PaddleNLP's export fails in oneDNN on the
 # trigram concat; this model's export runs under oneDNN with outputs equal to eager (tests) and
@@ -332,6 +337,23 @@ def save_static_model(model, architecture: str, prefix: Path) -> None:
     specs = [InputSpec(shape, "int64", name=name) for name in INPUT_NAMES]
     static = paddle.jit.to_static(export_layer(model, architecture), input_spec=specs, full_graph=True)
     paddle.jit.save(static, str(prefix))
+    check_static_model(prefix)
+
+
+def check_static_model(prefix: Path) -> None:
+    """jit.save does not report a failed write: on a full disk it leaves a cut model.json or
+    .pdiparams, which paddle2onnx then rejects by exiting the process. Read both back first."""
+    import json
+
+    import paddle
+
+    try:
+        json.loads(Path(f"{prefix}.json").read_text(encoding="utf-8"))
+        paddle.jit.load(str(prefix))
+    except (OSError, ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise OSError(errno.EIO, f"Paddle wrote an incomplete static model, is the disk full? ({reason})",
+                      f"{prefix}.json") from None
 
 
 def static_to_onnx(prefix: Path, architecture: str, opset: int = ONNX_OPSET):
@@ -343,7 +365,7 @@ def static_to_onnx(prefix: Path, architecture: str, opset: int = ONNX_OPSET):
         with stdout_to_stderr():   # paddle2onnx's C++ side prints progress on stdout, where our JSON goes
             model_bytes = paddle2onnx.export(f"{prefix}.json", f"{prefix}.pdiparams", None, opset_version=opset,
                                              enable_onnx_checker=True, enable_optimize=True)
-    except Exception as error:  # paddle2onnx logs and re-raises many types
+    except (Exception, SystemExit) as error:  # paddle2onnx logs and re-raises many types, or calls sys.exit
         raise RuntimeError(f"paddle2onnx could not convert the static model: {error}") from error
     if not model_bytes:
         raise RuntimeError("paddle2onnx returned an empty model")
@@ -578,10 +600,9 @@ def check_output_dir(output: Path, source: Path) -> None:
 
 
 def check_options(export_format: str, quantize: Optional[str], opset: int = ONNX_OPSET) -> None:
-    # paddle2onnx 2.1 accepts 7..21 but writes opset 10 for anything below 10 (aborts above 21);
-    # 10..21 each give a model of that opset that matches eager, --fuse and int8 included (measured)
-    if not 10 <= opset <= 21:
-        raise UserInputError(f"--opset {opset}: expected an ONNX opset from 10 to 21 (default {ONNX_OPSET})")
+    """The export's options, for Python callers (the CLI's flags are checked as they are parsed)."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserInputError(f"--opset {opset}: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET}")
     if export_format not in FORMATS:
         raise UserInputError(f"unknown --format {export_format!r}: expected one of {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -609,8 +630,9 @@ def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike"
             manifest["probe"] = {"shape": list(batch["input_ids"].shape), "relative_error": errors}
             check_probe(errors, quantize, output)
             atomic_write_json(staging / MANIFEST_NAME, manifest)
-    except PermissionError as error:
-        raise UserInputError(f"{output}: cannot write the export ({error.strerror})") from None
+    except OSError as error:     # no permission, or a full disk: the staging dir is gone, nothing is half-written
+        kept = "the earlier export is kept" if output.exists() else "nothing was written"
+        raise UserInputError(f"{output}: cannot write the export ({error.strerror or error}); {kept}") from None
     files = sorted(path.name for path in output.iterdir())
     return {"model": str(source), "output": str(output), **manifest, "files": files,
             "seconds": round(time.perf_counter() - started, 1)}
@@ -640,7 +662,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "that read the same input (same outputs within float32 rounding)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
                         help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only)")
-    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset version, 10 to 21")
+    parser.add_argument("--opset", type=flags.integer(minimum=MIN_OPSET, maximum=MAX_OPSET), default=ONNX_OPSET, help=f"ONNX opset version, {MIN_OPSET} to {MAX_OPSET}")
 
 
 def run(args: argparse.Namespace) -> dict:

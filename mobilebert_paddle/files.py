@@ -8,8 +8,10 @@ swapped in with renames, so a kill at any moment leaves either the old or the ne
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -122,6 +124,49 @@ def recover_directory(target: str | os.PathLike) -> None:
         os.replace(old, target)
     elif old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+# Directories this process holds locked: resolved path -> open descriptor of the directory.
+_LOCKED: dict[str, int] = {}
+
+
+def lock_directory(path: str | os.PathLike, what: str = "directory") -> None:
+    """Hold an exclusive flock on the directory itself until release_directory or the process ends
+    (no lock file: nothing is left behind, and a killed holder releases it). Another process
+    holding it: UserInputError naming that process. Taking it again in this process is a no-op."""
+    key = str(Path(path).resolve())
+    if key in _LOCKED:
+        return
+    descriptor = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = lock_holder(descriptor)
+        os.close(descriptor)
+        by = f"process {holder}" if holder else "another process"
+        raise UserInputError(f"{path}: {what} in use by {by}; wait for it to end or choose another") from None
+    _LOCKED[key] = descriptor
+
+
+def release_directory(path: str | os.PathLike) -> None:
+    descriptor = _LOCKED.pop(str(Path(path).resolve()), None)
+    if descriptor is not None:
+        os.close(descriptor)       # closing the only descriptor releases the flock
+
+
+def lock_holder(descriptor: int) -> int | None:
+    """The pid holding a flock on the open file, from /proc/locks (Linux); None when unknown.
+    A line reads `1: FLOCK  ADVISORY  WRITE 4242 08:02:1234567 0 EOF` (pid, then major:minor:inode)."""
+    inode = os.fstat(descriptor).st_ino
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        found = re.search(r"\bFLOCK\s+\S+\s+\S+\s+(\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s", line)
+        if found and "->" not in line and int(found.group(2)) == inode and int(found.group(1)) != os.getpid():
+            return int(found.group(1))
+    return None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -341,7 +341,7 @@ def test_resume_refuses_changed_batch_size(resume_case, capsys):
     changed = [str(arg) for arg in argv]
     changed[changed.index("--batch-size") + 1] = "32"
     code, _, err = run_cli(capsys, changed + ["--output", reference, "--resume"])
-    assert code == 2 and "cannot resume, batch_size was 16 and is now 32" in err
+    assert code == 2 and "cannot resume with a changed run: --batch-size was 16, now 32" in err
 
 
 # --------------------------------------------------------------------------------------------

@@ -190,6 +190,18 @@ CASES = [
     Case("squad-eval-threshold-not-number", "squad-eval {squad} {predictions} --na-prob-thresh high",
          "argument --na-prob-thresh: must be a finite number, got 'high'", None),
     # pretrain --------------------------------------------------------------------------------------
+    # pretrain-data ---------------------------------------------------------------------------------
+    Case("pretrain-data-empty-corpus", "pretrain-data {empty_corpus} --tokenizer {qa} --output {out}",
+         "no instance can be made"),
+    Case("pretrain-data-binary-file", "pretrain-data {binary_corpus} --tokenizer {qa} --output {out}",
+         "binary data, not text"),
+    Case("pretrain-data-missing-file", "pretrain-data {missing_file} --tokenizer {qa} --output {out}", "no such file"),
+    Case("pretrain-data-tokenizer-without-vocab", "pretrain-data {text_corpus} --tokenizer {empty_dir} --output {out}",
+         "not a tokenizer directory"),
+    Case("pretrain-data-short-rows", "pretrain-data {text_corpus} --tokenizer {qa} --output {out} --max-seq-length 5",
+         "argument --max-seq-length: must be an integer >= 8"),
+    Case("pretrain-data-output-not-empty", "pretrain-data {text_corpus} --tokenizer {qa} --output {full_dir}",
+         "exists and is not empty", "{full_dir}"),
     Case("pretrain-no-config", "pretrain --data {pretrain_data} --output {out}", "give --config"),
     Case("pretrain-unknown-preset", "pretrain --config no-such-preset --data {pretrain_data} --output {out}",
          "neither a preset"),
@@ -316,6 +328,11 @@ def build_pretraining_inputs(root: Path, paths: dict) -> None:
 
     documents = ["\n".join(f"the w{(document * 7 + line) % 40} is red ." for line in range(6)) for document in range(8)]
     (root / "corpus.txt").write_text("\n\n".join(documents) + "\n")
+    paths["text_corpus"] = root / "corpus.txt"
+    paths["empty_corpus"] = root / "empty_corpus.txt"
+    paths["empty_corpus"].write_text("\n\n")
+    paths["binary_corpus"] = root / "binary_corpus.txt"
+    paths["binary_corpus"].write_bytes(b"a sentence.\n\x00\x01\x02 binary\n")
     paths["pretrain_data"] = root / "pretrain_data"
     write_pretraining_data([root / "corpus.txt"], make_tokenizer(), paths["pretrain_data"],
                            CorpusSettings(max_seq_length=32))

@@ -125,9 +125,14 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive flock on `directory` itself (no lock file is left behind)."""
+    """An exclusive flock on `directory` itself (no lock file is left behind). A directory this
+    process already holds with lock_directory (a run dir) is ours already: a second flock on it
+    through another descriptor would wait for ourselves forever."""
     import fcntl
 
+    if str(Path(directory).resolve()) in _LOCKED:
+        yield
+        return
     handle = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -33,6 +33,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import flags
 from .config import MobileBertConfig
 from .errors import UserInputError
 from .files import atomic_write_bytes, atomic_write_json, check_creatable_dir, ensure_writable_dir
@@ -52,6 +53,8 @@ BACKENDS = {
     "onnx-fused-int8": ("onnx", True, "int8", False),
 }
 REFERENCE = "torch"
+# Bounds that keep a typo from allocating terabytes or sleeping for ever (one row of 512 int64 is 4 KB)
+MAX_BATCH, MAX_THREADS, MAX_PAUSE = 4096, 1024, 3600.0
 
 
 # ----------------------------------------------------------------------------------------
@@ -135,7 +138,8 @@ def torch_twin(model, config: MobileBertConfig, threads: int):
     except ImportError as error:
         raise UserInputError(f"bench compares against PyTorch: {error}; "
                              "pip install 'mobilebert-paddle[torch]'") from None
-    from .convert import model_state_numpy, paddle_to_hf
+    from .convert import paddle_to_hf
+    from .modeldir import model_state_numpy
 
     torch.set_num_threads(threads)
     architecture = config.architectures[0]
@@ -371,36 +375,30 @@ def parse_list(text: str, flag: str, convert=int) -> list:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model dir with weights (Paddle or HF layout)")
-    parser.add_argument("--batch", default="1,8", help="batch sizes, comma-separated")
-    parser.add_argument("--seq", default="128,384", help="sequence lengths, comma-separated")
-    parser.add_argument("--runs", type=int, default=5, help="timed rounds per shape (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend and shape first")
+    parser.add_argument("--batch", type=flags.integers(minimum=1, maximum=MAX_BATCH), default="1,8", help="batch sizes, comma-separated")
+    parser.add_argument("--seq", type=flags.integers(minimum=1), default="128,384", help="sequence lengths, comma-separated")
+    parser.add_argument("--runs", type=flags.integer(minimum=1), default=5, help="timed rounds per shape (median reported)")
+    parser.add_argument("--warmup", type=flags.integer(minimum=0), default=2, help="untimed calls per backend and shape first")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help=f"which to time, comma-separated, from: {', '.join(BACKENDS)}")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=flags.integer(minimum=1, maximum=MAX_THREADS), default=None,
                         help="threads for PyTorch, ONNX Runtime and Paddle Inference [default: OMP_NUM_THREADS, "
                              "which the CLI sets to the core count]%(default).0s")
-    parser.add_argument("--pause", type=float, default=0.3,
+    parser.add_argument("--pause", type=flags.number(minimum=0, maximum=MAX_PAUSE), default=0.3,
                         help="idle seconds before each timed call, so the previous backend's spinning "
                              "worker threads are asleep")
     parser.add_argument("--output", default="bench", help="directory for bench.json and bench.png")
 
 
 def run(args: argparse.Namespace) -> dict:
+    from .cli import inputs_accepted
     from .export import default_threads, load_eager_model
 
     names = parse_list(args.backends, "--backends", str)
     unknown = [name for name in names if name not in BACKENDS]
     if unknown:
         raise UserInputError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
-    shapes = [(batch, length) for batch in parse_list(args.batch, "--batch")
-              for length in parse_list(args.seq, "--seq")]
-    if any(batch <= 0 or length <= 0 for batch, length in shapes) or args.runs <= 0 or args.warmup < 0:
-        raise UserInputError("--batch, --seq and --runs must be positive (and --warmup >= 0)")
-    if args.threads is not None and args.threads <= 0:
-        raise UserInputError(f"--threads must be positive, got {args.threads}")
-    if not 0 <= args.pause < float("inf"):
-        raise UserInputError(f"--pause must be a finite number of seconds >= 0, got {args.pause}")
+    shapes = [(batch, length) for batch in args.batch for length in args.seq]   # flags.integers: checked lists
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise UserInputError(f"{model_dir}: no such model directory")
@@ -411,6 +409,7 @@ def run(args: argparse.Namespace) -> dict:
     if too_long:
         raise UserInputError(f"--seq {too_long[0]} exceeds the model's max_position_embeddings "
                              f"({config.max_position_embeddings})")
+    inputs_accepted()
     report = bench(model, config, model_dir, names, shapes, args.runs, args.warmup, threads, args.pause)
     output = ensure_writable_dir(args.output)
     atomic_write_json(output / "bench.json", report)

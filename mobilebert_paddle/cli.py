@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from typing import NamedTuple
 
-from .errors import UserInputError
+from .errors import Interrupted, UserInputError
 
 
 class Command(NamedTuple):
@@ -46,6 +48,10 @@ COMMANDS: dict[str, Command] = {
                       "export a static Paddle inference model or ONNX (optionally fused / int8)"),
     "squad-eval": Command("mobilebert_paddle.metrics", "add_squad_eval_arguments", "run_squad_eval",
                           "drop-in for the official SQuAD v1.1/v2.0 evaluation script"),
+    "pretrain-data": Command("mobilebert_paddle.corpus", "add_arguments", "run",
+                             "raw text (one sentence a line, blank line between documents) -> token shards for pretrain"),
+    "pretrain": Command("mobilebert_paddle.pretraining", "add_pretrain_arguments", "run_pretrain",
+                        "pretrain a model (IB-BERT teacher or any config) on masked LM + next sentence prediction"),
     "bench": Command("mobilebert_paddle.bench", "add_arguments", "run",
                      "latency/throughput of every inference path against HF PyTorch, side by side"),
 }
@@ -103,6 +109,81 @@ def paddle_thread_advice_dropped():
         sys.stderr = original
 
 
+class HeldLogs(logging.Filter):
+    """Holds what one log handler would print until the command has accepted its inputs.
+
+    A bad input must be one stderr line, but commands log as they read ("12 training examples",
+    "no dev data"), and the error may come after that. So until `inputs_accepted()` (called where
+    a command starts real work, e.g. train.start_output) or the command's end, records are held:
+    printed once the inputs are accepted, dropped if the command ends with a UserInputError."""
+
+    def __init__(self, handler: logging.Handler):
+        super().__init__()
+        self.handler, self.held, self.holding = handler, [], True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.holding:
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self, show: bool = True) -> None:
+        self.holding = False
+        for record in self.held if show else ():
+            self.handler.handle(record)
+        self.held = []
+
+
+_HELD_LOGS: list[HeldLogs] = []
+
+
+def inputs_accepted() -> None:
+    """The command's inputs are good: print the log lines held so far, and the rest as they come."""
+    for held in _HELD_LOGS:
+        held.release()
+
+
+@contextlib.contextmanager
+def logs_held_until_inputs_accepted():
+    holders = [HeldLogs(handler) for handler in logging.getLogger().handlers]
+    for holder in holders:
+        holder.handler.addFilter(holder)
+    _HELD_LOGS.extend(holders)
+    try:
+        yield holders
+    finally:
+        for holder in holders:
+            holder.release()           # a no-op once released or dropped
+            holder.handler.removeFilter(holder)
+            _HELD_LOGS.remove(holder)
+
+
+def drop_held_logs(holders: list[HeldLogs]) -> None:
+    for holder in holders:
+        holder.release(show=False)
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGINT and SIGTERM raise errors.Interrupted, so that `finally` blocks run (atomic writes clean
+    up their staging) and the command ends with one line instead of a silent exit 143."""
+    def interrupt(signal_number, frame):
+        raise Interrupted(signal.Signals(signal_number).name, 128 + signal_number)
+
+    previous = {}
+    with contextlib.suppress(ValueError):          # not the main thread: keep the defaults
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            previous[signal_number] = signal.signal(signal_number, interrupt)
+    try:
+        yield
+    finally:
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 def build_parser(command_name: str | None) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="mobilebert", description="MobileBERT in PaddlePaddle.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
@@ -135,19 +216,28 @@ def run_command(argv: list[str]) -> int:
     if command_name not in COMMANDS:
         command_name = None
     parser = build_parser(command_name)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)      # a bad flag: one line and SystemExit(2) (OneLineErrorParser)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     command = COMMANDS[args.command]
-    try:
-        summary = getattr(importlib.import_module(command.module), command.run)(args)
-    except UserInputError as error:
-        print(f"mobilebert {args.command}: error: {error}", file=sys.stderr)
-        return UserInputError.exit_code
-    except KeyboardInterrupt:
-        print(f"mobilebert {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with logs_held_until_inputs_accepted() as held_logs, signals_interrupt():
+        try:
+            summary = getattr(importlib.import_module(command.module), command.run)(args)
+        except UserInputError as error:
+            drop_held_logs(held_logs)   # the error line says it all
+            print(f"mobilebert {args.command}: error: {error}", file=sys.stderr)
+            return UserInputError.exit_code
+        except KeyboardInterrupt as interrupt:
+            interrupt = Interrupted.during(interrupt, "")
+            print(f"mobilebert {args.command}: {interrupt.message()}", file=sys.stderr)
+            return interrupt.exit_code
+        except OSError as error:
+            if error.errno not in DISK_FULL:
+                raise
+            print(f"mobilebert {args.command}: error: {error.filename or 'output'}: cannot write "
+                  f"({error.strerror})", file=sys.stderr)
+            return UserInputError.exit_code
     exit_code = 0
     if isinstance(summary, tuple):  # (summary, exit code), e.g. `compare` above its tolerance
         summary, exit_code = summary

@@ -29,6 +29,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .config import MobileBertConfig
+from . import flags
 from .errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def check_hf_layout(directory: Path) -> None:
     """A Paddle model dir passed as HF_SRC would fail deep inside transformers: say so first."""
     weights = directory / "model.safetensors"
     if weights.is_file():
-        from .convert import read_safetensors_metadata
+        from .modeldir import read_safetensors_metadata
 
         if read_safetensors_metadata(weights).get("format") == "paddle":
             raise UserInputError(f"{weights}: a Paddle model dir; HF_SRC must be the HuggingFace checkpoint")
@@ -223,7 +224,7 @@ def load_reference_model(directory: Path):
 def load_paddle_model(source: str, architecture: str, checkpoint: tuple | None = None):
     """The Paddle head `architecture` from a model dir (or its already read `checkpoint`,
     (config, state) from load_pretrained); every one of its weights must be stored."""
-    from .convert import _first, load_pretrained, match_state_dict
+    from .modeldir import _first, load_pretrained, match_state_dict
     from .model import HEADS
 
     config, state = checkpoint or load_pretrained(source)
@@ -302,11 +303,13 @@ def worst(rows: dict[str, dict]) -> float:
 def compare(hf_source: str, paddle_source: str, texts: Sequence[str] = DEFAULT_TEXTS, tolerance: float = 1e-5,
             layers: bool = False) -> dict[str, Any]:
     """Run both models on `texts` and measure every output (and layer); returns the summary."""
-    from .convert import load_pretrained, resolve_source
+    from .modeldir import load_pretrained, resolve_source
 
     hf_directory = resolve_source(hf_source)
     paddle_directory = resolve_source(paddle_source)
     paddle_checkpoint = load_pretrained(paddle_directory)   # read first: a bad dir fails before torch loads
+    check_hf_layout(hf_directory)
+    load_pretrained(hf_directory)     # the reference's files pass the same checks (a hostile .bin: one line)
     hf_model, architecture = load_reference_model(hf_directory)
     paddle_model = load_paddle_model(paddle_source, architecture, paddle_checkpoint)
     encode, pad_id = load_encoder([paddle_directory, hf_directory])
@@ -345,7 +348,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", action="append", metavar="T", default=argparse.SUPPRESS,
                         help=f"text to run, repeatable; 'question{PAIR_SEPARATOR}context' is a pair "
                              f"(default: {len(DEFAULT_TEXTS)} built-in English texts and question/context pairs)")
-    parser.add_argument("--tolerance", type=float, default=1e-5,
+    parser.add_argument("--tolerance", type=flags.number(minimum=0), default=1e-5,
                         help="largest relative error max|paddle - torch| / max|torch| that passes")
     parser.add_argument("--layers", action="store_true", help="also compare the hidden states of every layer")
 
@@ -354,8 +357,6 @@ def run(args: argparse.Namespace) -> tuple[dict, int]:
     texts = getattr(args, "text", None) or list(DEFAULT_TEXTS)  # SUPPRESS: absent unless given
     if any(not text.strip() for text in texts):
         raise UserInputError("--text: empty text")
-    if not args.tolerance >= 0:   # also catches nan
-        raise UserInputError(f"--tolerance must be >= 0, got {args.tolerance}")
     summary = compare(args.hf_source, args.paddle_dir, texts, args.tolerance, args.layers)
     print_table("output", summary["outputs"], args.tolerance)
     if args.layers:

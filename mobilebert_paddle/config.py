@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
-from .files import atomic_write_text, read_json
+from .files import SMALL_FILE_BYTES, atomic_write_text, read_json
 
 CONFIG_NAME = "config.json"
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "tanh", "silu", "swish")
 NORMALIZATIONS = ("no_norm", "layer_norm")
+# Sizes no checkpoint can have: Paddle indexes a dimension with int32, and a stack of more
+# layers or FFNs than this is no MobileBERT (the real model has 24 and 4). A config asking
+# for more is refused before anything is built (it would hang, or allocate terabytes).
+MAX_DIMENSION = 2**31 - 1
+MAX_TENSOR_ELEMENTS = 2**32            # 16 GiB of float32 in one matrix
+MAX_STACK = 4096                       # num_hidden_layers, num_feedforward_networks, heads
+MAX_LABELS = 1 << 20
+NON_NEGATIVE_INTS = ("pad_token_id",)  # an index, may be 0; every other int is a size (> 0)
+POSITIVE_FLOATS = ("layer_norm_eps",)  # other floats may be 0 (initializer_range, dropouts)
 
 
 @dataclass
@@ -62,7 +72,10 @@ class MobileBertConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.id2label = {int(key): str(value) for key, value in self.id2label.items()}
+        try:
+            self.id2label = {int(key): str(value) for key, value in self.id2label.items()}
+        except (ValueError, TypeError, AttributeError):
+            raise ValueError(f"id2label must map integer label ids to names, got {self.id2label!r:.80}") from None
         self.validate()
 
     # -- derived values -------------------------------------------------------------
@@ -89,7 +102,10 @@ class MobileBertConfig:
         return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
 
     def validate(self) -> None:
-        problems = []
+        problems = self.type_and_range_problems()
+        if problems:   # the structural checks below assume well-typed sizes
+            raise ValueError("; ".join(problems))
+        problems = self.size_problems()
         if self.hidden_act not in ACTIVATIONS:
             problems.append(f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.normalization_type not in NORMALIZATIONS:
@@ -105,6 +121,57 @@ class MobileBertConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
+    def type_and_range_problems(self) -> list[str]:
+        """Every field checked by its declared type: ints are ints (not bools) and positive
+        (indices non-negative), floats finite, dropout probabilities in [0, 1], bools bools."""
+        problems = []
+        for spec in dataclasses.fields(self):
+            value, kind = getattr(self, spec.name), spec.type
+            if spec.name == "extra" or (value is None and "None" in kind):
+                continue
+            if kind == "int":
+                if type(value) is not int:
+                    problems.append(f"{spec.name} must be an integer, got {value!r}")
+                elif value < 0 or (value == 0 and spec.name not in NON_NEGATIVE_INTS):
+                    problems.append(f"{spec.name} must be {'>= 0' if spec.name in NON_NEGATIVE_INTS else '> 0'}, "
+                                    f"got {value}")
+                elif value > MAX_DIMENSION:
+                    problems.append(f"{spec.name} {value} is beyond any checkpoint (at most {MAX_DIMENSION})")
+            elif kind.startswith("float"):
+                if type(value) not in (int, float) or not math.isfinite(value):
+                    problems.append(f"{spec.name} must be a finite number, got {value!r}")
+                elif is_probability(spec.name) and not 0 <= value <= 1:
+                    problems.append(f"{spec.name} is a probability, must be in [0, 1], got {value}")
+                elif value < 0 or (value == 0 and spec.name in POSITIVE_FLOATS):
+                    problems.append(f"{spec.name} must be {'> 0' if spec.name in POSITIVE_FLOATS else '>= 0'}, "
+                                    f"got {value}")
+            elif kind == "bool" and type(value) is not bool:
+                problems.append(f"{spec.name} must be true or false, got {value!r}")
+            elif kind.startswith("str") and not isinstance(value, str):
+                problems.append(f"{spec.name} must be a string, got {value!r}")
+            elif kind.startswith("list[str]") and not (isinstance(value, list)
+                                                      and all(isinstance(item, str) for item in value)):
+                problems.append(f"{spec.name} must be a list of strings, got {value!r:.80}")
+        if not 1 <= len(self.id2label) <= MAX_LABELS:
+            problems.append(f"id2label / num_labels: {len(self.id2label)} labels, expected 1 to {MAX_LABELS}")
+        return problems
+
+    def size_problems(self) -> list[str]:
+        """Sizes no checkpoint can have, refused before a model is built (names key and shape)."""
+        problems = [f"{name} {getattr(self, name)} is beyond any checkpoint (at most {MAX_STACK})"
+                    for name in ("num_hidden_layers", "num_feedforward_networks", "num_attention_heads")
+                    if getattr(self, name) > MAX_STACK]
+        matrices = {"vocab_size": (self.vocab_size, max(self.embedding_size, self.hidden_size)),
+                    "intermediate_size": (self.intermediate_size, self.true_hidden_size),
+                    "max_position_embeddings": (self.max_position_embeddings, self.hidden_size),
+                    "type_vocab_size": (self.type_vocab_size, self.hidden_size),
+                    "num_labels": (self.num_labels, self.hidden_size)}
+        for name, (rows, columns) in matrices.items():
+            if rows * columns > MAX_TENSOR_ELEMENTS:
+                problems.append(f"{name} {rows} makes a ({rows}, {columns}) weight, beyond any checkpoint "
+                                f"(at most {MAX_TENSOR_ELEMENTS} elements)")
+        return problems
+
     # -- (de)serialisation ----------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "MobileBertConfig":
@@ -118,14 +185,17 @@ class MobileBertConfig:
                 continue  # derived; recomputed from the fields above
             else:
                 extra[key] = value
-        if "id2label" not in kwargs and "num_labels" in values:
-            kwargs["id2label"] = {index: f"LABEL_{index}" for index in range(int(values["num_labels"]))}
         if values.get("model_type", "mobilebert") != "mobilebert":
             raise UserInputError(f"{source}: model_type is {values['model_type']!r}, not 'mobilebert'")
+        if "id2label" not in kwargs and "num_labels" in values:
+            kwargs["id2label"] = labels_from_count(values["num_labels"], source)
+        if not isinstance(kwargs.get("id2label", {}), dict):
+            raise UserInputError(f"{source}: id2label must be an object of label id -> name, "
+                                 f"got {kwargs['id2label']!r:.80}")
         for key, value in kwargs.items():
             expected = known[key].type
             if expected in ("int", "bool") and not isinstance(value, (int, bool)):
-                raise UserInputError(f"{source}: {key} must be {expected}, got {value!r}")
+                raise UserInputError(f"{source}: {key} must be {expected}, got {value!r:.80}")
         try:
             return cls(**kwargs, extra=extra)
         except (ValueError, TypeError, AttributeError) as error:
@@ -145,11 +215,11 @@ class MobileBertConfig:
         return dict(sorted(values.items()))
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "MobileBertConfig":
-        values = read_json(path, "config.json")
+        values = read_json(path, "config.json", max_bytes=SMALL_FILE_BYTES, allow_nan=False)
         if not isinstance(values, dict):
             raise UserInputError(f"{path}: config.json must hold a JSON object")
         return cls.from_dict(values, source=str(path))
@@ -210,3 +280,13 @@ def load_config(spec: str | os.PathLike) -> MobileBertConfig:
     if path.is_file():
         return MobileBertConfig.from_json_file(path)
     raise UserInputError(f"{spec}: neither a preset ({', '.join(PRESETS)}) nor a config.json file or model directory")
+
+def is_probability(name: str) -> bool:
+    return name.endswith("_prob") or "dropout" in name
+
+
+def labels_from_count(count: Any, source: str) -> dict[int, str]:
+    """num_labels without id2label: LABEL_0 .. LABEL_{n-1}, once the count is sane."""
+    if type(count) is not int or not 1 <= count <= MAX_LABELS:
+        raise UserInputError(f"{source}: num_labels must be an integer from 1 to {MAX_LABELS}, got {count!r:.80}")
+    return {index: f"LABEL_{index}" for index in range(count)}

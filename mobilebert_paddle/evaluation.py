@@ -19,8 +19,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import flags
+from .cli import inputs_accepted
 from .errors import UserInputError
-from .files import atomic_write_json, check_creatable_dir, ensure_writable_dir
+from .files import atomic_directory, atomic_write_json, check_creatable_dir
 from .tasks import (CLASSIFICATION_HEAD, MODEL_INPUT_NAMES, QA_HEAD, TASK_NAMES, EvalResult, EvalSet, Task,
                     TaskSettings, get_task, load_eval_sets)
 
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 Predictor = Callable[[dict], Any]
 BACKENDS = ("eager", "paddle", "onnx")
+MIN_SEQ_LENGTH = 5   # [CLS] x [SEP] y [SEP]: the shortest row that holds a token of each text
 
 
 # --------------------------------------------------------------------------------------------
@@ -42,15 +45,22 @@ def as_output_tuple(outputs: Any) -> tuple[np.ndarray, ...]:
 
 
 def eager_predictor(model) -> Predictor:
-    """Run a Paddle model (no gradients, eval mode for the call, training mode restored after)."""
+    """Run a Paddle model (no gradients, eval mode for the call, training mode restored after).
+    The model gets the three inputs and any other array of the batch its forward takes by name
+    (pretraining's masked_positions); labels in the batch stay for Task.batch_outputs."""
+    import inspect
+
     import paddle
 
+    accepted = set(inspect.signature(model.forward).parameters)
+
     def predict(batch: dict) -> tuple[np.ndarray, ...]:
+        names = [name for name in batch if name in MODEL_INPUT_NAMES or name in accepted]
         was_training = model.training
         model.eval()
         try:
             with paddle.no_grad():
-                outputs = model(**{name: paddle.to_tensor(batch[name]) for name in MODEL_INPUT_NAMES})
+                outputs = model(**{name: paddle.to_tensor(batch[name]) for name in names})
         finally:
             if was_training:
                 model.train()
@@ -60,17 +70,25 @@ def eager_predictor(model) -> Predictor:
 
 
 def run_predictor(predictor: Predictor, inputs: dict[str, np.ndarray], batch_size: int,
-                  description: str | None = None, progress: bool = True) -> tuple[np.ndarray, ...]:
-    """All rows through the predictor in batches; outputs concatenated along the batch axis."""
+                  description: str | None = None, progress: bool = True,
+                  keep: Callable[[dict, tuple], tuple] | None = None) -> tuple[np.ndarray, ...]:
+    """All rows through the predictor in batches; outputs concatenated along the batch axis.
+    Integer arrays go in as int64, others as they are; `keep(batch, outputs)` reduces each
+    batch's outputs to what is kept (e.g. pretraining's (B, P, V) logits to (B, P) scores)."""
     from .progress import progress_bar
 
     count = len(inputs["input_ids"])
     chunks: list[tuple[np.ndarray, ...]] = []
     for start in progress_bar(range(0, count, batch_size), desc=description, leave=False, disable=not progress,
                               unit="batch"):
-        batch = {name: inputs[name][start:start + batch_size].astype(np.int64) for name in MODEL_INPUT_NAMES}
-        chunks.append(as_output_tuple(predictor(batch)))
+        batch = {name: as_batch_array(array[start:start + batch_size]) for name, array in inputs.items()}
+        outputs = as_output_tuple(predictor(batch))
+        chunks.append(keep(batch, outputs) if keep else outputs)
     return tuple(np.concatenate([chunk[index] for chunk in chunks]) for index in range(len(chunks[0])))
+
+
+def as_batch_array(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.int64) if np.issubdtype(array.dtype, np.integer) else np.asarray(array)
 
 
 def evaluate_task(task: Task, predictor: Predictor, eval_sets: Sequence[EvalSet], settings: TaskSettings,
@@ -79,7 +97,8 @@ def evaluate_task(task: Task, predictor: Predictor, eval_sets: Sequence[EvalSet]
     """Run every eval set through the predictor and score it with the task's metric."""
     outputs = []
     for eval_set in eval_sets:
-        set_outputs = run_predictor(predictor, eval_set.model_inputs(), batch_size, f"eval {eval_set.name}", progress)
+        set_outputs = run_predictor(predictor, eval_set.model_inputs(), batch_size, f"eval {eval_set.name}", progress,
+                                    keep=task.batch_outputs)
         outputs.append(task.align_outputs(set_outputs, id2label) if id2label else set_outputs)
     return task.score(eval_sets, outputs, settings)
 
@@ -122,7 +141,7 @@ def select_device(device: str) -> str:
 
 
 def model_architecture(config, state: dict | None, source: Path) -> str:
-    from .convert import infer_architecture
+    from .modeldir import infer_architecture
     from .model import HEADS
 
     named = [name for name in (config.architectures or []) if name in HEADS]
@@ -136,9 +155,8 @@ def model_architecture(config, state: dict | None, source: Path) -> str:
 def load_inference_model(source: str, head: str, backend: str = "eager") -> InferenceModel:
     """A fine-tuned model dir (Paddle or HF, or a hub id) with the head `head`, ready to predict."""
     from .config import MobileBertConfig
-    from .convert import load_pretrained, resolve_source
     from .model import HEADS
-    from .tokenizer import MobileBertTokenizer
+    from .modeldir import load_pretrained, load_tokenizer, resolve_source
 
     directory = resolve_source(source)
     if not (directory / "config.json").is_file():
@@ -151,7 +169,7 @@ def load_inference_model(source: str, head: str, backend: str = "eager") -> Infe
     architecture = model_architecture(config, state, directory)
     if architecture != head:
         raise UserInputError(f"{directory}: the model is a {architecture}; this needs a fine-tuned {head}")
-    tokenizer = MobileBertTokenizer.from_pretrained(directory)
+    tokenizer = load_tokenizer(directory, config)
     if backend == "eager":
         config.architectures = [architecture]
         model = HEADS[architecture](config)
@@ -190,17 +208,17 @@ def add_task_settings_arguments(parser: argparse.ArgumentParser) -> None:
     stores them in config.json); otherwise the task's recipe value. `%(default).0s` prints
     nothing: the default depends on the task and is spelled out instead."""
     group = parser.add_argument_group("windows and answers (evaluate/predict default to the model's training values)")
-    group.add_argument("--max-seq-length", type=int, default=None,
+    group.add_argument("--max-seq-length", type=flags.integer(minimum=MIN_SEQ_LENGTH), default=None,
                        help="tokens per model row [default: 384 for SQuAD, 128 for GLUE]%(default).0s")
-    group.add_argument("--doc-stride", type=int, default=None,
+    group.add_argument("--doc-stride", type=flags.integer(minimum=0), default=None,
                        help="SQuAD: tokens shared by consecutive windows [default: 128]%(default).0s")
-    group.add_argument("--max-query-length", type=int, default=None,
+    group.add_argument("--max-query-length", type=flags.integer(minimum=1), default=None,
                        help="SQuAD: question tokens kept [default: 64]%(default).0s")
-    group.add_argument("--n-best-size", type=int, default=None,
+    group.add_argument("--n-best-size", type=flags.integer(minimum=1), default=None,
                        help="SQuAD: start/end candidates per window [default: 20]%(default).0s")
-    group.add_argument("--max-answer-length", type=int, default=None,
+    group.add_argument("--max-answer-length", type=flags.integer(minimum=1), default=None,
                        help="SQuAD: longest answer in tokens [default: 30]%(default).0s")
-    group.add_argument("--null-score-diff-threshold", type=float, default=None,
+    group.add_argument("--null-score-diff-threshold", type=flags.number(), default=None,
                        help="SQuAD v2: predict no answer when null score - best span score exceeds this "
                             "[default: -1.5 for squad2, 0 otherwise]%(default).0s")
 
@@ -217,36 +235,68 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="fine-tuned model dir (e.g. runs/squad1/best), HF dir or hub id")
     parser.add_argument("--data", required=True, nargs="+", metavar="FILE",
                         help="dev/test file(s): SQuAD JSON, or GLUE TSV (MNLI: dev_matched.tsv dev_mismatched.tsv); "
-                             "'hub' loads the task's validation split(s) with `datasets`")
+                             "'hub' loads the task's validation split(s) with `datasets`; "
+                             "pretraining: a DATA_DIR written by `mobilebert pretrain-data`")
     parser.add_argument("--output", required=True, help="directory for metrics.json and the prediction files")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    parser.add_argument("--batch-size", type=flags.integer(minimum=1), default=64, help="rows per forward pass")
     add_inference_arguments(parser)
     add_task_settings_arguments(parser)
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
     task = get_task(args.task)
-    output = check_creatable_dir(args.output)    # created only when there is something to write
-    check_positive(batch_size=args.batch_size)
+    output = check_evaluation_output(Path(args.output))    # created only when there is something to write
+    if task.eager_only and args.backend != "eager":
+        raise UserInputError(f"--backend {args.backend}: {task.name} is evaluated on the Paddle model (--backend eager)")
     if args.backend == "eager":
         select_device(args.device)
     model = load_inference_model(args.model, task.head, args.backend)
-    settings = TaskSettings.from_args(args, task, model.config)
-    check_sequence_length(settings.max_seq_length, model.config, args.model)
+    settings = task.settings_from_args(args, model.config)
+    if getattr(settings, "max_seq_length", None) is not None:    # pretraining rows come from the data as cut
+        check_sequence_length(settings.max_seq_length, model.config, args.model)
     sources = [f"hub:{split}" for split in task.hub_dev_splits] if args.data == ["hub"] else args.data
     eval_sets = load_eval_sets(task, sources, model.tokenizer, settings)
+    inputs_accepted()
     result = evaluate_task(task, model.predictor, eval_sets, settings, args.batch_size, model.config.id2label)
-    files = write_evaluation(task, result, ensure_writable_dir(output))
+    files = write_evaluation_directory(task, result, output)
     return {"task": task.name, "model": str(args.model), "backend": args.backend,
             "data": {eval_set.name: eval_set.source for eval_set in eval_sets},
             "examples": {eval_set.name: len(eval_set.examples) for eval_set in eval_sets},
             "main_metric": result.main_metric, "metrics": result.metrics, "files": [str(path) for path in files]}
 
 
-def check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if value is None or value <= 0:
-            raise UserInputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+EVALUATION_FILES = ("metrics.json", "predictions.json", "nbest_predictions.json", "null_odds.json")
+
+
+def is_evaluation_output(path: Path) -> bool:
+    """A file (or a per-set directory of files) that write_evaluation writes, or a killed write's temp file."""
+    if path.is_dir() and not path.is_symlink():
+        return all(is_evaluation_output(item) for item in path.iterdir())
+    name = path.name
+    return name in EVALUATION_FILES or name.endswith("_predictions.tsv") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def check_evaluation_output(output: Path) -> Path:
+    """--output is replaced whole by the new set of files, so it may only hold an earlier evaluation."""
+    check_creatable_dir(output)
+    foreign = sorted(item.name for item in output.iterdir() if not is_evaluation_output(item)) if output.is_dir() else []
+    if foreign:
+        raise UserInputError(f"{output}: --output holds files no evaluation writes ({', '.join(foreign[:3])}); choose "
+                             f"a new or empty directory (an earlier evaluation there is replaced whole)")
+    return output
+
+
+def write_evaluation_directory(task: Task, result: EvalResult, output: Path) -> list[Path]:
+    """metrics.json and the predictions as one set: staged beside OUTPUT, then swapped in by a rename,
+    so a full disk leaves the earlier set whole (never new predictions beside old metrics)."""
+    existed = output.exists()
+    try:
+        with atomic_directory(output) as staging:
+            written = write_evaluation(task, result, staging)
+    except OSError as error:
+        kept = "the earlier evaluation is kept" if existed else "nothing was written"
+        raise UserInputError(f"{output}: cannot write the evaluation ({error.strerror or error}); {kept}") from None
+    return [output / path.relative_to(staging) for path in written]
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,7 +309,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", help="text holding the answer; long contexts are cut into overlapping windows")
     parser.add_argument("--text", help="text to classify (classification head)")
     parser.add_argument("--text-pair", help="second text of a pair (e.g. the hypothesis for MNLI)")
-    parser.add_argument("--top-k", type=int, default=3, help="answers (QA) or labels (classification) to list")
+    parser.add_argument("--top-k", type=flags.integer(minimum=1), default=3, help="answers (QA) or labels (classification) to list")
     add_inference_arguments(parser)
     add_task_settings_arguments(parser)
 
@@ -273,7 +323,6 @@ def run_predict(args: argparse.Namespace) -> dict:
     for flag, value in required.items():   # checked before Paddle loads (seconds)
         if not (value or "").strip():
             raise UserInputError(f"{flag} is missing or empty")
-    check_positive(top_k=args.top_k)
     if args.backend == "eager":
         select_device(args.device)
     if question_answering:

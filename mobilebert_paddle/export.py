@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -28,10 +29,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from . import flags
 from .compare import relative_error
 from .config import MobileBertConfig
 from .errors import UserInputError
-from .files import atomic_directory, atomic_write_json, read_json
+from .files import SMALL_FILE_BYTES, atomic_directory, atomic_write_json, check_separate_dirs, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ MANIFEST_NAME = "export.json"
 PADDLE_PREFIX = "model"                 # paddle.jit.save writes model.json + model.pdiparams
 ONNX_NAME = "model.onnx"
 ONNX_OPSET = 17
+# paddle2onnx 2.1 accepts 7..21 but writes opset 10 for anything below 10 (aborts above 21);
+# 10..21 each give a model of that opset that matches eager, --fuse and int8 included (measured)
+MIN_OPSET, MAX_OPSET = 10, 21
 EXPORT_TOLERANCE = 1e-5                 # fp32 exports must match eager within this relative error
 # Paddle Inference on CPU: oneDNN (MKLDNN) kernels. PaddleNLP's export fails in oneDNN on the
 # trigram concat; this model's export runs under oneDNN with outputs equal to eager (tests) and
@@ -261,7 +266,7 @@ def load_predictor(model_dir: "str | os.PathLike", backend: str = "eager", *, fu
 
 def load_eager_model(directory: Path):
     """(Paddle model in eval mode, config) from a model dir with weights."""
-    from .convert import build_model, load_pretrained
+    from .modeldir import build_model, load_pretrained
 
     config, state = load_pretrained(directory)
     model = build_model(config, state)
@@ -276,22 +281,54 @@ def load_exported(directory: Path, manifest: dict, threads: Optional[int] = None
     config = MobileBertConfig.from_pretrained(directory)
     names = manifest["outputs"]
     shown_dir = model_dir or directory
-    if manifest["format"] == "paddle":
-        return PaddleInferencePredictor(config, shown_dir, directory / PADDLE_PREFIX, names, threads)
-    # Read the bytes now: the file may be in a temporary directory about to be removed.
-    return OnnxPredictor(config, shown_dir, (directory / manifest["model_file"]).read_bytes(), names, threads)
+    model_file = directory / manifest["model_file"]
+    shown_files = f"{directory / PADDLE_PREFIX}.json / .pdiparams" if manifest["format"] == "paddle" else model_file
+    try:
+        if manifest["format"] == "paddle":
+            predictor = PaddleInferencePredictor(config, shown_dir, directory / PADDLE_PREFIX, names, threads)
+        else:  # read the bytes now: the file may be in a temporary directory about to be removed
+            predictor = OnnxPredictor(config, shown_dir, read_model_bytes(model_file), names, threads)
+        check_runs(predictor, config, manifest.get("architecture", ""))
+    except UserInputError:
+        raise
+    except Exception as error:  # onnxruntime / Paddle Inference raise their own types for bad files
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise UserInputError(f"{shown_files}: unreadable {manifest['format']} model (truncated or corrupt?): "
+                             f"{reason[:160]}") from None
+    return predictor
+
+
+def read_model_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot read the model ({error.strerror or error})") from None
+
+
+def check_runs(predictor: Predictor, config: MobileBertConfig, architecture: str) -> None:
+    """One tiny forward: a truncated weights file can load and then fail (or be empty) at run time."""
+    batch = probe_batch(config, architecture or (config.architectures or ["MobileBertModel"])[0])
+    outputs = predictor(batch)
+    if len(outputs) != len(predictor.output_names):
+        raise UserInputError(f"{predictor.model_dir}: the exported model gives {len(outputs)} outputs, "
+                             f"its manifest names {len(predictor.output_names)}")
 
 
 def read_manifest(directory: Path) -> Optional[dict]:
     path = directory / MANIFEST_NAME
     if not path.is_file():
         return None
-    manifest = read_json(path, "export manifest")
+    from .modeldir import inside
+
+    manifest = read_json(path, "export manifest", max_bytes=SMALL_FILE_BYTES)
     if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
         raise UserInputError(f"{path}: not a mobilebert export manifest (no valid 'format')")
-    model_file = manifest.get("model_file", "")
-    if not (directory / model_file).is_file() or not isinstance(manifest.get("outputs"), list):
-        raise UserInputError(f"{path}: names model file {model_file!r}, which is missing")
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(name, str) for name in outputs):
+        raise UserInputError(f"{path}: 'outputs' must be a list of output names")
+    model_file = inside(directory, manifest.get("model_file"), f"{path}: model_file")
+    if not model_file.is_file():
+        raise UserInputError(f"{path}: names model file {manifest['model_file']!r}, which is missing")
     return manifest
 
 
@@ -332,6 +369,23 @@ def save_static_model(model, architecture: str, prefix: Path) -> None:
     specs = [InputSpec(shape, "int64", name=name) for name in INPUT_NAMES]
     static = paddle.jit.to_static(export_layer(model, architecture), input_spec=specs, full_graph=True)
     paddle.jit.save(static, str(prefix))
+    check_static_model(prefix)
+
+
+def check_static_model(prefix: Path) -> None:
+    """jit.save does not report a failed write: on a full disk it leaves a cut model.json or
+    .pdiparams, which paddle2onnx then rejects by exiting the process. Read both back first."""
+    import json
+
+    import paddle
+
+    try:
+        json.loads(Path(f"{prefix}.json").read_text(encoding="utf-8"))
+        paddle.jit.load(str(prefix))
+    except (OSError, ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise OSError(errno.EIO, f"Paddle wrote an incomplete static model, is the disk full? ({reason})",
+                      f"{prefix}.json") from None
 
 
 def static_to_onnx(prefix: Path, architecture: str, opset: int = ONNX_OPSET):
@@ -343,7 +397,7 @@ def static_to_onnx(prefix: Path, architecture: str, opset: int = ONNX_OPSET):
         with stdout_to_stderr():   # paddle2onnx's C++ side prints progress on stdout, where our JSON goes
             model_bytes = paddle2onnx.export(f"{prefix}.json", f"{prefix}.pdiparams", None, opset_version=opset,
                                              enable_onnx_checker=True, enable_optimize=True)
-    except Exception as error:  # paddle2onnx logs and re-raises many types
+    except (Exception, SystemExit) as error:  # paddle2onnx logs and re-raises many types, or calls sys.exit
         raise RuntimeError(f"paddle2onnx could not convert the static model: {error}") from error
     if not model_bytes:
         raise RuntimeError("paddle2onnx returned an empty model")
@@ -492,7 +546,7 @@ def compare_with_eager(predictor: Predictor, reference: Predictor, batch: dict) 
 def write_export(model, config: MobileBertConfig, source: Path, staging: Path, export_format: str,
                  fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET) -> dict:
     """Write the export into the (empty) directory `staging`; returns the manifest."""
-    from .convert import copy_tokenizer_files
+    from .modeldir import copy_tokenizer_files
 
     architecture = config.architectures[0]
     layer = model
@@ -563,8 +617,7 @@ def library_versions(export_format: str) -> dict:
 def check_output_dir(output: Path, source: Path) -> None:
     """Refuse, before any work, an output that cannot be written or would replace something
     that is not an export (the whole directory is replaced)."""
-    if output.resolve() == source.resolve():
-        raise UserInputError(f"{output}: --output is the model directory itself; choose another directory")
+    check_separate_dirs(source, output, "--output", "the model directory")
     if output.exists() and not output.is_dir():
         raise UserInputError(f"{output}: --output exists and is not a directory")
     if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
@@ -578,10 +631,9 @@ def check_output_dir(output: Path, source: Path) -> None:
 
 
 def check_options(export_format: str, quantize: Optional[str], opset: int = ONNX_OPSET) -> None:
-    # paddle2onnx 2.1 accepts 7..21 but writes opset 10 for anything below 10 (aborts above 21);
-    # 10..21 each give a model of that opset that matches eager, --fuse and int8 included (measured)
-    if not 10 <= opset <= 21:
-        raise UserInputError(f"--opset {opset}: expected an ONNX opset from 10 to 21 (default {ONNX_OPSET})")
+    """The export's options, for Python callers (the CLI's flags are checked as they are parsed)."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserInputError(f"--opset {opset}: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET}")
     if export_format not in FORMATS:
         raise UserInputError(f"unknown --format {export_format!r}: expected one of {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -609,8 +661,9 @@ def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike"
             manifest["probe"] = {"shape": list(batch["input_ids"].shape), "relative_error": errors}
             check_probe(errors, quantize, output)
             atomic_write_json(staging / MANIFEST_NAME, manifest)
-    except PermissionError as error:
-        raise UserInputError(f"{output}: cannot write the export ({error.strerror})") from None
+    except OSError as error:     # no permission, or a full disk: the staging dir is gone, nothing is half-written
+        kept = "the earlier export is kept" if output.exists() else "nothing was written"
+        raise UserInputError(f"{output}: cannot write the export ({error.strerror or error}); {kept}") from None
     files = sorted(path.name for path in output.iterdir())
     return {"model": str(source), "output": str(output), **manifest, "files": files,
             "seconds": round(time.perf_counter() - started, 1)}
@@ -640,7 +693,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "that read the same input (same outputs within float32 rounding)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
                         help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only)")
-    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset version, 10 to 21")
+    parser.add_argument("--opset", type=flags.integer(minimum=MIN_OPSET, maximum=MAX_OPSET), default=ONNX_OPSET, help=f"ONNX opset version, {MIN_OPSET} to {MAX_OPSET}")
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -8,8 +8,10 @@ swapped in with renames, so a kill at any moment leaves either the old or the ne
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -95,23 +97,43 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
 
     An existing `target` is first renamed aside and deleted only after the new one is in
     place, so an interruption leaves a complete directory at `target` or at `target.old`
-    (which `recover_directory` puts back).
+    (which `recover_directory` puts back). A symlinked `target` is written through to the
+    directory it points to. Concurrent writers of one target take turns at the swap (a lock
+    on the parent directory), and a failed swap removes its staging directory.
     """
     target = Path(target)
+    if target.is_symlink():   # replace what the link points to; the link itself stays
+        target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover_directory(target)
+    with _locked(target.parent):
+        recover_directory(target)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     os.chmod(staging, _default_mode(directory=True))
     try:
         yield staging
+        with _locked(target.parent):   # two writers of one target swap in turn, the last one wins
+            recover_directory(target)
+            old = target.with_name(target.name + ".old")
+            if target.exists():
+                os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on `directory` itself (no lock file is left behind)."""
+    import fcntl
+
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)               # closing releases the lock
 
 
 def recover_directory(target: str | os.PathLike) -> None:
@@ -124,20 +146,122 @@ def recover_directory(target: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Read a JSON file; a missing or malformed file is a UserInputError naming the place."""
+# Directories this process holds locked: resolved path -> open descriptor of the directory.
+_LOCKED: dict[str, int] = {}
+
+
+def lock_directory(path: str | os.PathLike, what: str = "directory") -> None:
+    """Hold an exclusive flock on the directory itself until release_directory or the process ends
+    (no lock file: nothing is left behind, and a killed holder releases it). Another process
+    holding it: UserInputError naming that process. Taking it again in this process is a no-op."""
+    key = str(Path(path).resolve())
+    if key in _LOCKED:
+        return
+    descriptor = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = lock_holder(descriptor)
+        os.close(descriptor)
+        by = f"process {holder}" if holder else "another process"
+        raise UserInputError(f"{path}: {what} in use by {by}; wait for it to end or choose another") from None
+    _LOCKED[key] = descriptor
+
+
+def release_directory(path: str | os.PathLike) -> None:
+    descriptor = _LOCKED.pop(str(Path(path).resolve()), None)
+    if descriptor is not None:
+        os.close(descriptor)       # closing the only descriptor releases the flock
+
+
+def lock_holder(descriptor: int) -> int | None:
+    """The pid holding a flock on the open file, from /proc/locks (Linux); None when unknown.
+    A line reads `1: FLOCK  ADVISORY  WRITE 4242 08:02:1234567 0 EOF` (pid, then major:minor:inode)."""
+    inode = os.fstat(descriptor).st_ino
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        found = re.search(r"\bFLOCK\s+\S+\s+\S+\s+(\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s", line)
+        if found and "->" not in line and int(found.group(2)) == inode and int(found.group(1)) != os.getpid():
+            return int(found.group(1))
+    return None
+
+
+# Bounds on what is read whole into memory: far above any legitimate file of the kind, far
+# below what a runaway input (/dev/zero, a multi-GB paste) would cost.
+SMALL_FILE_BYTES = 16 << 20       # config.json, tokenizer_config.json, weight indexes, manifests
+DATA_FILE_BYTES = 256 << 20       # SQuAD JSON, predictions (SQuAD v2.0 train is 40 MiB)
+MAX_LINE_CHARS = 1 << 20          # one TSV row (GLUE rows are under 10 KB)
+
+
+def read_bounded_text(path: str | os.PathLike, what: str, max_bytes: int) -> str:
+    """A text file read whole, refused past `max_bytes` (read incrementally, so /dev/zero
+    costs max_bytes at most); every failure is a UserInputError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise UserInputError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise UserInputError(f"{path}: expected a {what}, found a directory") from None
-    except UnicodeDecodeError as error:
-        raise UserInputError(f"{path}: {what} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
         raise UserInputError(f"{path}: cannot read {what} ({error.strerror or error})") from None
+    if len(data) > max_bytes:
+        raise UserInputError(f"{path}: {what} is larger than {max_bytes >> 20} MiB, more than any legitimate "
+                             f"{what}; refused")
     try:
-        return json.loads(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{path}: {what} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-finite number {name} (not valid JSON)")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", max_bytes: int = DATA_FILE_BYTES,
+              allow_nan: bool = True) -> Any:
+    """Read a JSON file; a missing, malformed, oversized or too deeply nested file is a
+    UserInputError naming the place. `allow_nan=False` refuses NaN / Infinity."""
+    path = Path(path)
+    text = read_bounded_text(path, what, max_bytes)
+    try:
+        return json.loads(text, **({} if allow_nan else {"parse_constant": _refuse_constant}))
     except json.JSONDecodeError as error:
         raise UserInputError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    except RecursionError:
+        raise UserInputError(f"{path}: {what} is nested too deeply to be read (over ~1000 levels)") from None
+    except ValueError as error:
+        raise UserInputError(f"{path}: {what} holds a {error}") from None
+
+
+def bounded_lines(handle, path: Path, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of a text handle, each refused past `max_chars` (a file without newlines,
+    such as /dev/zero, would otherwise be read whole as one line)."""
+    number = 0
+    while True:
+        line = handle.readline(max_chars + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > max_chars:
+            raise UserInputError(f"{path} line {number}: longer than {max_chars >> 20} M characters, "
+                                 "more than any legitimate row; refused")
+        yield line
+
+
+def check_separate_dirs(source: str | os.PathLike, output: str | os.PathLike, what: str = "the output",
+                        source_label: str = "the source directory") -> None:
+    """Refuse an output directory equal to, inside or holding the source: replacing it whole
+    would delete the user's files (symlinks and '..' are resolved first)."""
+    source_path, output_path = Path(source).resolve(), Path(output).resolve()
+    if output_path == source_path:
+        raise UserInputError(f"{output}: {what} is {source_label} itself ({source}); choose another directory")
+    if source_path in output_path.parents:
+        raise UserInputError(f"{output}: {what} is inside {source_label} {source}; choose a directory outside it")
+    if output_path in source_path.parents:
+        raise UserInputError(f"{output}: {what} holds {source_label} {source}, and would be replaced whole; "
+                             "choose another directory")

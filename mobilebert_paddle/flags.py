@@ -44,6 +44,7 @@ def _checker(kind: str, parse: Callable[[str], float], minimum=None, maximum=Non
         return value
 
     convert.__name__ = kind    # argparse names the type in some messages
+    convert.bounds = {"minimum": minimum, "maximum": maximum, "above": above, "below": below}   # for tests
     return convert
 
 
@@ -56,6 +57,26 @@ def number(minimum: float | None = None, maximum: float | None = None, above: fl
 def integer(minimum: int | None = None, maximum: int | None = None):
     """An integer within the inclusive bounds."""
     return _checker("an integer", int, minimum, maximum)
+
+
+def integers(minimum: int | None = None, maximum: int | None = None):
+    """A comma-separated list of integers, each within the inclusive bounds ("1,8" -> [1, 8])."""
+    one = integer(minimum, maximum)
+    bounds = _bounds_text(minimum, maximum, None, None)
+    description = f"comma-separated integers{' ' + bounds if bounds else ''}"
+
+    def convert(text: str) -> list[int]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"must be {description}, got {text!r}")
+        try:
+            return [one(item) for item in items]
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"must be {description}, got {text!r}") from None
+
+    convert.__name__ = "integers"
+    convert.bounds = one.bounds
+    return convert
 
 
 def seed():

@@ -30,6 +30,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .errors import UserInputError
+from .files import bounded_lines
 
 
 class GlueExample(NamedTuple):
@@ -132,7 +133,7 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(1-based line number, fields) for every non-blank line; quoting is off."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            reader = csv.reader(bounded_lines(handle, path), delimiter="\t", quoting=csv.QUOTE_NONE)
             try:
                 for row in reader:
                     if row:
@@ -145,6 +146,8 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise UserInputError(f"{path}: GLUE file not found") from None
     except IsADirectoryError:
         raise UserInputError(f"{path}: expected a GLUE TSV file, found a directory") from None
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot read the GLUE file ({error.strerror or error})") from None
 
 
 def _parse_label(task: GlueTask, value: str, where: str) -> str | float:

@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import flags
 from .errors import UserInputError
 from .files import atomic_write_text, check_creatable_dir, read_json
 
@@ -274,7 +275,7 @@ def add_squad_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pred_file", metavar="PREDICTIONS.json", help="JSON object {question id: answer text}")
     parser.add_argument("--na-prob-file", default=None,
                         help="JSON object {question id: no-answer probability}; adds best_exact/best_f1")
-    parser.add_argument("--na-prob-thresh", type=float, default=1.0,
+    parser.add_argument("--na-prob-thresh", type=flags.number(), default=1.0,
                         help="predict no answer when the no-answer probability is above this")
     parser.add_argument("--out-file", default=None, help="also write the scores here (JSON, as the official script)")
 

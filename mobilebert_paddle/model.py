@@ -381,7 +381,7 @@ def attention_bias_from_mask(attention_mask, dtype):
 
 
 # ----------------------------------------------------------------------------------------
-# Loading and saving (the formats live in convert.py)
+# Loading and saving (model directories are read and written by modeldir.py)
 # ----------------------------------------------------------------------------------------
 
 class MobileBertPreTrainedModel(nn.Layer):
@@ -415,13 +415,13 @@ class MobileBertPreTrainedModel(nn.Layer):
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, config: Optional[MobileBertConfig] = None,
                         **config_changes):
-        """Load from a Paddle model dir, a HuggingFace dir or a hub id (see convert.load_pretrained).
+        """Load from a Paddle model dir, a HuggingFace dir or a hub id (see modeldir.load_pretrained).
 
         Head weights missing from the checkpoint (e.g. a QA head on the base model) are
         initialised and listed in a warning, as HF does; `config_changes` (e.g. id2label)
         update the stored config first.
         """
-        from .convert import load_pretrained  # convert.py imports this module
+        from .modeldir import load_pretrained  # modeldir.py imports this module (lazily)
 
         stored_config, state_dict = load_pretrained(source)
         config = (config or stored_config).replace(**config_changes) if config_changes else (config or stored_config)
@@ -431,7 +431,7 @@ class MobileBertPreTrainedModel(nn.Layer):
         return model
 
     def load_converted_state_dict(self, state_dict: dict, source: str = "checkpoint") -> None:
-        from .convert import match_state_dict
+        from .modeldir import match_state_dict
 
         matched, newly_initialised = match_state_dict(self, state_dict, source)
         with warnings.catch_warnings():  # Paddle warns per key it skips; they are reported below, once
@@ -442,7 +442,7 @@ class MobileBertPreTrainedModel(nn.Layer):
                            source, len(newly_initialised), ", ".join(sorted(newly_initialised)))
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
-        from .convert import save_paddle_model_dir
+        from .modeldir import save_paddle_model_dir
 
         save_paddle_model_dir(self, directory, tokenizer=tokenizer)
 

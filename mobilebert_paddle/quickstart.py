@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from . import flags
 from .errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ QUICKSTART_CONFIG = dict(hidden_size=64, embedding_size=32, intra_bottleneck_siz
                          max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                          initializer_range=0.2)
 # A question is at most 10 tokens and a paragraph at most 20: one 32-token window each.
+MAX_QUESTIONS = 1_000_000   # generated in memory: a typo must not ask for 1e12 of them
 WINDOW_FLAGS = ["--max-seq-length", "32", "--doc-stride", "8", "--max-query-length", "12"]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]   # the order BERT vocabularies use
 
@@ -180,23 +182,19 @@ def make_start_model(directory: Path, vocab_file: Path, seed: int) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="runs/quickstart",
                         help="directory for the data, vocabulary, models, predictions and quickstart.json")
-    parser.add_argument("--train-questions", type=int, default=2400, help="generated training questions")
-    parser.add_argument("--dev-questions", type=int, default=300, help="generated dev questions")
-    parser.add_argument("--epochs", type=float, default=8.0,
+    parser.add_argument("--train-questions", type=flags.integer(minimum=1, maximum=MAX_QUESTIONS), default=2400, help="generated training questions")
+    parser.add_argument("--dev-questions", type=flags.integer(minimum=1, maximum=MAX_QUESTIONS), default=300, help="generated dev questions")
+    parser.add_argument("--epochs", type=flags.number(above=0), default=8.0,
                         help="passes over the training questions (8: dev EM 95-100 over seeds; 4.5 stopped "
                              "short of convergence at 85-99)")
-    parser.add_argument("--learning-rate", type=float, default=3e-3,
+    parser.add_argument("--learning-rate", type=flags.number(above=0), default=3e-3,
                         help="peak learning rate (linear warmup over 10%% of the steps, then linear decay to 0)")
-    parser.add_argument("--batch-size", type=int, default=16, help="questions per optimizer step")
-    parser.add_argument("--seed", type=int, default=42, help="seed for the data, the initial weights and training")
+    parser.add_argument("--batch-size", type=flags.integer(minimum=1), default=16, help="questions per optimizer step")
+    parser.add_argument("--seed", type=flags.seed(), default=42, help="seed for the data, the initial weights and training")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Bad values stop the run before anything is written."""
-    for name in ("train_questions", "dev_questions", "batch_size", "epochs", "learning_rate"):
-        value = getattr(args, name)
-        if not value > 0:      # also catches NaN
-            raise UserInputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    """Bad values stop the run before anything is written (each flag's range is checked as it is parsed)."""
     if args.batch_size > args.train_questions:
         raise UserInputError(f"--batch-size {args.batch_size} is larger than --train-questions "
                              f"{args.train_questions}: no optimizer step could be made")
@@ -261,10 +259,12 @@ def scores(evaluation: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from .cli import inputs_accepted
     from .files import atomic_write_json, ensure_writable_dir
 
     started = time.time()
     check_arguments(args)
+    inputs_accepted()
     output = ensure_writable_dir(args.output)
     train_file, dev_file, dev, vocab_file = write_data(output, args)
 

@@ -27,7 +27,7 @@ from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, p
 from tokenizers.models import WordPiece
 
 from .errors import UserInputError
-from .files import atomic_write_json, atomic_write_text, read_json
+from .files import SMALL_FILE_BYTES, atomic_write_json, atomic_write_text, read_bounded_text, read_json
 
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_JSON_NAME = "tokenizer.json"
@@ -37,23 +37,24 @@ DEFAULT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token
                           "sep_token": "[SEP]", "mask_token": "[MASK]"}
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
 MAX_INPUT_CHARS_PER_WORD = 100          # longer words become [UNK], as in BERT
+MAX_VOCAB_BYTES = 64 << 20              # the largest WordPiece vocabularies are a few MB
 
 
 def read_vocab_file(path: str | os.PathLike) -> dict[str, int]:
     """vocab.txt -> {token: line number}, read the way BERT reads it (strip only the newline)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: vocabulary file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserInputError(f"{path}: cannot read the vocabulary ({error})") from None
+    lines = read_bounded_text(path, "vocabulary file", MAX_VOCAB_BYTES).split("\n")
     if lines and lines[-1] == "":
         lines.pop()                     # the final newline does not start another token
     if not lines:
         raise UserInputError(f"{path}: vocabulary file is empty")
-    # A repeated token keeps its last line number, as BERT's load_vocab does.
-    return {token: index for index, token in enumerate(lines)}
+    vocab: dict[str, int] = {}
+    for index, token in enumerate(lines):
+        if token in vocab:   # BERT would keep the last id, leaving a hole no vocab.txt can write back
+            raise UserInputError(f"{path} line {index + 1}: token {token!r} repeats line {vocab[token] + 1}; "
+                                 "each token must occur once")
+        vocab[token] = index
+    return vocab
 
 
 def build_wordpiece_backend(vocab: Mapping[str, int], *, do_lower_case: bool = True,
@@ -150,10 +151,11 @@ class MobileBertTokenizer:
         """Load a tokenizer directory: tokenizer.json if present, else vocab.txt + tokenizer_config.json."""
         directory = Path(directory)
         config_path = directory / TOKENIZER_CONFIG_NAME
-        config = read_json(config_path, "tokenizer config") if config_path.is_file() else {}
+        config = (read_json(config_path, "tokenizer config", max_bytes=SMALL_FILE_BYTES)
+                  if config_path.is_file() else {})
         if not isinstance(config, dict):
             raise UserInputError(f"{config_path}: expected a JSON object")
-        special_tokens = {name: _token_content(config.get(name, default))
+        special_tokens = {name: _token_content(config.get(name, default), f"{config_path}: {name}")
                           for name, default in DEFAULT_SPECIAL_TOKENS.items()}
         max_length = config.get("model_max_length", 512)
         # HF writes a huge sentinel when the length is unknown; MobileBERT has 512 positions.
@@ -315,9 +317,12 @@ class MobileBertTokenizer:
                 f"strip_accents={self.strip_accents}, tokenize_chinese_chars={self.tokenize_chinese_chars})")
 
 
-def _token_content(token: Any) -> str:
+def _token_content(token: Any, where: str) -> str:
     """tokenizer_config.json stores a special token as a string or as an AddedToken dict."""
-    return token["content"] if isinstance(token, dict) else str(token)
+    content = token.get("content") if isinstance(token, dict) else token
+    if not isinstance(content, str) or not content:
+        raise UserInputError(f"{where} must be a token string or an object with a 'content' string, got {token!r:.80}")
+    return content
 
 
 def _truncation_strategy(truncation: bool | str | None) -> str | None:

@@ -1,10 +1,14 @@
-"""`mobilebert finetune`: the one training loop, for every task of tasks.py.
+"""`mobilebert finetune`: the one training loop, for every task of tasks.py (fine-tuning,
+pretraining.py's MLM + NSP, distillation).
 
-The loop knows nothing about SQuAD or GLUE: the task gives rows (numpy arrays), a per-row
-loss and a scorer. What the loop adds is what a run needs to be trusted:
+The loop knows nothing about SQuAD, GLUE or masked LM: the task gives the row count, builds
+each batch from (row indices, step) when it is drawn, computes a per-row loss (and parts to
+log), may set per-parameter learning-rate multipliers per step, and scores dev data (the
+hooks are listed in tasks.Task). What the loop adds is what a run needs to be trusted:
 
 * the MobileBert_paddle recipe as defaults (AdamW 0.9/0.98/1e-6, decay 0.1 off biases and
   norms, lr 8e-5, batch 64, 6 epochs, 10% warmup then cosine to min_lr at decay_ratio, seed 42);
+  LAMB (--optimizer lamb, Google's choice for pretraining) with the same decay exclusions;
 * the attention mask passed at every step (the reproduction we replace trained without it);
 * `--batch-size` is the *global* batch of one optimizer step. Each epoch's order depends on
   the seed and the epoch only, global batch k is the same rows for any number of processes,
@@ -37,7 +41,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +50,15 @@ import paddle
 import paddle.distributed as dist
 from paddle.io import DistributedBatchSampler
 
-from .errors import UserInputError
+from . import flags
+from .cli import inputs_accepted
+from .errors import Interrupted, UserInputError
 from .evaluation import (add_task_settings_arguments, check_sequence_length, eager_predictor, evaluate_task,
                          select_device, write_evaluation)
 from .files import (atomic_directory, atomic_write_json, atomic_write_safetensors, atomic_write_text,
-                    check_creatable_dir, ensure_writable_dir, read_json, recover_directory)
-from .tasks import (MODEL_INPUT_NAMES, TASK_NAMES, Task, TaskSettings, dev_sources, get_task, load_eval_sets,
+                    check_creatable_dir, ensure_writable_dir, lock_directory, read_json, recover_directory,
+                    release_directory)
+from .tasks import (FINETUNE_TASK_NAMES, Task, TaskSettings, dev_sources, get_task, load_eval_sets,
                     read_train_examples, recipe_table)
 
 logger = logging.getLogger(__name__)
@@ -60,8 +67,14 @@ FP16_REFUSAL = ("--amp fp16 is refused: MobileBERT's activations reach ~1e7, far
                 "(65504), so they overflow to inf; use --amp bf16 (fp32's range) on a GPU, or the fp32 default")
 CHECKPOINT_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.safetensors"
-# Values that must not change when a run is resumed (they fix the data order and the schedule).
-RESUME_INVARIANTS = ("task", "batch_size", "seed", "train_rows", "total_steps", "steps_per_epoch")
+# A resumed run must be the run it continues: every flag (the recipe, the windows, the seed...) and
+# what follows from the data must be as before, except these, which change how it is watched, where
+# it runs or where its inputs are read from (the data must still give the same rows).
+RESUMABLE_FLAGS = ("eval_steps", "save_steps", "logging_steps", "eval_batch_size", "device", "skip_nonfinite",
+                   "resume", "overwrite", "output", "model", "train", "dev", "data_dir", "data", "command", "task")
+RESUMABLE_HELP = "--eval-steps, --save-steps, --logging-steps, --eval-batch-size, --device, --skip-nonfinite, the paths"
+RESTART_ADVICE = "start afresh with --overwrite, or put back a good last/"
+OPTIMIZERS = ("adamw", "lamb")
 
 
 class NonFiniteLossError(UserInputError):
@@ -74,7 +87,7 @@ class NonFiniteLossError(UserInputError):
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Per-task recipe defaults: " + recipe_table() + "."
-    parser.add_argument("task", choices=TASK_NAMES, help="what to fine-tune for")
+    parser.add_argument("task", choices=FINETUNE_TASK_NAMES, help="what to fine-tune for")
     parser.add_argument("--model", required=True,
                         help="starting point: Paddle model dir, HF dir or hub id (e.g. google/mobilebert-uncased)")
     parser.add_argument("--output", required=True,
@@ -89,54 +102,58 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", choices=("files", "hub"), default="files",
                       help="hub: the task's HF hub dataset (needs the optional `datasets` package and a connection)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--learning-rate", type=float, default=8e-5, help="peak learning rate")
-    optim.add_argument("--batch-size", type=int, default=64,
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                       help="adamw, or lamb (layer-wise trust ratio; for large batches)")
+    optim.add_argument("--learning-rate", type=flags.number(above=0), default=8e-5, help="peak learning rate")
+    optim.add_argument("--batch-size", type=flags.integer(minimum=1), default=64,
                        help="global batch of one optimizer step, over all processes and accumulation steps")
-    optim.add_argument("--epochs", type=float, default=6.0, help="passes over the training rows")
-    optim.add_argument("--max-steps", type=int, default=0,
+    optim.add_argument("--epochs", type=flags.number(above=0), default=6.0, help="passes over the training rows")
+    optim.add_argument("--max-steps", type=flags.integer(minimum=0), default=0,
                        help="optimizer steps to run instead of --epochs (0: from --epochs); the schedule spans them")
-    optim.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of the steps with linear warmup from 0")
-    optim.add_argument("--warmup-steps", type=int, default=None, help="warmup steps, overriding --warmup-ratio%(default).0s")
+    optim.add_argument("--warmup-ratio", type=flags.number(minimum=0, maximum=1), default=0.1, help="fraction of the steps with linear warmup from 0")
+    optim.add_argument("--warmup-steps", type=flags.integer(minimum=0), default=None, help="warmup steps, overriding --warmup-ratio%(default).0s")
     optim.add_argument("--schedule", choices=("cosine", "linear"), default="cosine",
                        help="shape of the decay from the peak to --min-lr after warmup "
                             "(linear with --min-lr 0 --decay-ratio 1 is HF's linear schedule)")
-    optim.add_argument("--min-lr", type=float, default=None,
+    optim.add_argument("--min-lr", type=flags.number(minimum=0), default=None,
                        help="learning rate reached at --decay-ratio and kept "
                             "[default: 1e-6 squad1, 5e-7 others]%(default).0s")
-    optim.add_argument("--decay-ratio", type=float, default=None,
+    optim.add_argument("--decay-ratio", type=flags.number(above=0, maximum=1), default=None,
                        help="fraction of the steps at which the decay reaches --min-lr "
                             "[default: 0.7 squad1, 0.9 others]%(default).0s")
-    optim.add_argument("--weight-decay", type=float, default=0.1,
-                       help="AdamW decoupled weight decay (never on biases or norms)")
-    optim.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW first-moment decay")
-    optim.add_argument("--adam-beta2", type=float, default=0.98, help="AdamW second-moment decay")
-    optim.add_argument("--adam-epsilon", type=float, default=1e-6, help="AdamW denominator epsilon")
-    optim.add_argument("--max-grad-norm", type=float, default=0.0,
+    optim.add_argument("--weight-decay", type=flags.number(minimum=0), default=0.1,
+                       help="AdamW / LAMB decoupled weight decay (never on biases or norms)")
+    optim.add_argument("--adam-beta1", type=flags.number(minimum=0, below=1), default=0.9, help="AdamW / LAMB first-moment decay")
+    optim.add_argument("--adam-beta2", type=flags.number(minimum=0, below=1), default=0.98, help="AdamW / LAMB second-moment decay")
+    optim.add_argument("--adam-epsilon", type=flags.number(above=0), default=1e-6, help="AdamW / LAMB denominator epsilon")
+    optim.add_argument("--max-grad-norm", type=flags.number(minimum=0), default=0.0,
                        help="clip the global gradient norm to this; 0 = no clipping (the recipe did not clip)")
-    optim.add_argument("--gradient-accumulation-steps", type=int, default=1,
+    optim.add_argument("--gradient-accumulation-steps", type=flags.integer(minimum=1), default=1,
                        help="forward/backward passes each process splits its share of a batch into")
-    optim.add_argument("--seed", type=int, default=42, help="fixes head initialisation, data order and dropout")
+    optim.add_argument("--seed", type=flags.seed(), default=42, help="fixes head initialisation, data order and dropout")
     optim.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                        help="mixed precision: bf16 on a GPU; fp16 is refused (MobileBERT's activations overflow it)")
     optim.add_argument("--skip-nonfinite", action="store_true",
                        help="skip an update whose loss or gradient is not finite, instead of stopping the run")
     add_task_settings_arguments(parser)
     run = parser.add_argument_group("evaluation, checkpoints, logs")
-    run.add_argument("--logging-steps", type=int, default=30, help="steps per metrics.jsonl / VisualDL train line")
-    run.add_argument("--eval-steps", type=int, default=None,
+    run.add_argument("--logging-steps", type=flags.integer(minimum=1), default=30, help="steps per metrics.jsonl / VisualDL train line")
+    run.add_argument("--eval-steps", type=flags.integer(minimum=0), default=None,
                      help="evaluate on dev every N steps, 0 = after every epoch (always at the end) "
                           "[default: 240 squad1/mnli/qqp/qnli/sst2, 120 squad2, 0 other GLUE tasks]%(default).0s")
-    run.add_argument("--save-steps", type=int, default=0,
+    run.add_argument("--save-steps", type=flags.integer(minimum=0), default=0,
                      help="write the resumable last/ every N steps; 0 = at every evaluation (always at the end)")
-    run.add_argument("--eval-batch-size", type=int, default=64, help="rows per forward pass in evaluation")
+    run.add_argument("--eval-batch-size", type=flags.integer(minimum=1), default=64, help="rows per forward pass in evaluation")
     run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: gpu when available")
     run.add_argument("--resume", action="store_true",
-                     help="continue exactly from OUTPUT/last (starts afresh when there is none)")
+                     help="continue exactly from OUTPUT/last (starts afresh when there is none); every flag must "
+                          f"be as before except {RESUMABLE_HELP}")
     run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUTPUT instead of refusing")
 
 
 def resolve_config(args: argparse.Namespace, task: Task) -> argparse.Namespace:
-    """The flags with the task's recipe filled in, checked (bad values are UserInputErrors)."""
+    """The flags with the task's recipe filled in. Each flag's own range is checked as it is
+    parsed (flags.py); what is left here are the checks across flags."""
     config = argparse.Namespace(**vars(args))
     recipe = task.recipe
     for name, default in (("min_lr", recipe.min_lr), ("decay_ratio", recipe.decay_ratio),
@@ -146,16 +163,6 @@ def resolve_config(args: argparse.Namespace, task: Task) -> argparse.Namespace:
             setattr(config, name, default)
     if config.amp == "fp16":
         raise UserInputError(FP16_REFUSAL)
-    for name in ("learning_rate", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "logging_steps"):
-        if getattr(config, name) <= 0:
-            raise UserInputError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    for name in ("max_steps", "save_steps", "eval_steps", "max_grad_norm", "weight_decay", "min_lr"):
-        if getattr(config, name) < 0:
-            raise UserInputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
-    if config.max_steps == 0 and config.epochs <= 0:
-        raise UserInputError(f"--epochs must be positive (or give --max-steps), got {config.epochs}")
-    if not 0 <= config.warmup_ratio <= 1 or not 0 < config.decay_ratio <= 1:
-        raise UserInputError("--warmup-ratio must be in [0, 1] and --decay-ratio in (0, 1]")
     if config.min_lr > config.learning_rate:
         raise UserInputError(f"--min-lr {config.min_lr} is above the peak --learning-rate {config.learning_rate}")
     return config
@@ -168,7 +175,8 @@ def resolve_config(args: argparse.Namespace, task: Task) -> argparse.Namespace:
 class GlobalBatchSampler(DistributedBatchSampler):
     """Batches that do not depend on the number of processes.
 
-    Epoch e visits the rows in the order RandomState((seed, e)).permutation(N); global batch
+    Epoch e visits the rows in the order RandomState((seed, e)).permutation(N) (held as int32
+    below 2**31 rows: 4 bytes a row, ~100 MB for a 26M-instance corpus); global batch
     k is rows [k*B, (k+1)*B) of that order, and process r takes the r-th of `num_replicas`
     near-equal slices of it. A last global batch too small to give every process (and every
     accumulation step) a row is dropped. Paddle's own sampler pads with repeated rows and
@@ -184,7 +192,10 @@ class GlobalBatchSampler(DistributedBatchSampler):
         self.order = self.epoch_order(0)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.RandomState([self.seed, epoch]).permutation(self.num_rows)
+        # shuffle(arange) draws exactly what permutation(N) draws: the same order in half the memory.
+        order = np.arange(self.num_rows, dtype=np.int32 if self.num_rows < 2**31 else np.int64)
+        np.random.RandomState([self.seed, epoch]).shuffle(order)
+        return order
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch or self.order is None:
@@ -239,12 +250,32 @@ def no_decay_parameter_names(model) -> set[str]:
     return names
 
 
-def build_optimizer(model, scheduler, config) -> paddle.optimizer.AdamW:
+def build_optimizer(model, scheduler, config) -> paddle.optimizer.Optimizer:
+    """AdamW or LAMB over every parameter; neither decays biases or norm weights (LAMB also
+    skips its trust ratio for them, as Google's LAMB does). A parameter's learning rate is the
+    schedule's times its multiplier (set_learning_rate_multipliers)."""
     no_decay = no_decay_parameter_names(model)
+    if getattr(config, "optimizer", "adamw") == "lamb":
+        return paddle.optimizer.Lamb(learning_rate=scheduler, lamb_weight_decay=config.weight_decay,
+                                     beta1=config.adam_beta1, beta2=config.adam_beta2, epsilon=config.adam_epsilon,
+                                     parameters=model.parameters(),
+                                     exclude_from_weight_decay_fn=lambda param: param.name in no_decay)
     return paddle.optimizer.AdamW(learning_rate=scheduler, beta1=config.adam_beta1, beta2=config.adam_beta2,
                                   epsilon=config.adam_epsilon, parameters=model.parameters(),
                                   weight_decay=config.weight_decay,
                                   apply_decay_param_fun=lambda name: name not in no_decay)
+
+
+def set_learning_rate_multipliers(model, multipliers: dict[str, float]) -> None:
+    """Scale each named parameter's learning rate (the others get 1). Paddle's optimizers read
+    `optimize_attr["learning_rate"]` at every step and use schedule x multiplier for the update
+    and the decoupled weight decay alike, so a multiplier of 0 leaves a parameter bit-identical
+    (tests/test_pretraining.py checks AdamW and LAMB)."""
+    unknown = set(multipliers) - {path for path, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(f"learning-rate multipliers for no parameter of the model: {sorted(unknown)[:4]}")
+    for path, param in model.named_parameters():
+        param.optimize_attr["learning_rate"] = float(multipliers.get(path, 1.0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +342,76 @@ def restore_rng_state(saved: dict[str, Any]) -> None:
     paddle.set_rng_state(states)
 
 
+def damaged_checkpoint(path: Path, problem: str) -> UserInputError:
+    return UserInputError(f"{path}: damaged checkpoint, {problem}; {RESTART_ADVICE}")
+
+
+def read_checkpoint(last: Path) -> dict:
+    """last/trainer_state.json, checked in shape: a damaged one is a line naming it, not a KeyError later."""
+    path = last / CHECKPOINT_STATE
+    if not path.is_file():
+        raise damaged_checkpoint(path, "the file is missing")
+    checkpoint = read_json(path, "trainer state")
+    kinds = {"state": dict, "scheduler": dict, "rng": list, "run": dict}
+    if not isinstance(checkpoint, dict):
+        raise damaged_checkpoint(path, "not a JSON object")
+    for key, kind in kinds.items():
+        if not isinstance(checkpoint.get(key), kind) or not checkpoint[key]:
+            raise damaged_checkpoint(path, f"{key!r} is missing or not a non-empty {kind.__name__}")
+    fields = set(TrainState.__dataclass_fields__)
+    unknown = sorted(set(checkpoint["state"]) - fields)
+    if unknown or not isinstance(checkpoint["state"].get("step"), int) or checkpoint["state"]["step"] < 0:
+        raise damaged_checkpoint(path, f"'state' has unknown keys {unknown}" if unknown else "'state' has no step")
+    return checkpoint
+
+
+def checkpoint_step(last: Path) -> int | None:
+    """The step last/ holds, or None when there is no readable checkpoint (for messages only)."""
+    try:
+        step = json.loads((last / CHECKPOINT_STATE).read_text(encoding="utf-8"))["state"]["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def run_flags(config) -> dict[str, Any]:
+    """The flags that make the run what it is (all but RESUMABLE_FLAGS), as JSON values."""
+    values = {key: value for key, value in vars(config).items() if key not in RESUMABLE_FLAGS and not callable(value)}
+    return json.loads(json.dumps(values))
+
+
+def check_same_run(saved: dict, identity: dict, last: Path) -> None:
+    """Refuse to continue last/ with other flags or data: one line naming every difference."""
+    saved_flags = saved.get("flags") if isinstance(saved.get("flags"), dict) else {}   # none before this check
+    changes = [f"--{key.replace('_', '-')} was {saved_flags[key]}, now {value}"
+               for key, value in identity["flags"].items() if key in saved_flags and saved_flags[key] != value]
+    changes += [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("task", "train_rows")
+                if saved.get(key) != identity[key]]
+    if not changes:    # the step counts follow from the flags and the data: named only if nothing else explains them
+        changes = [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("total_steps", "steps_per_epoch")
+                   if saved.get(key) != identity[key]]
+    if changes:
+        raise UserInputError(f"{last}: cannot resume with a changed run: {'; '.join(changes)} (on resume only "
+                             f"{RESUMABLE_HELP} may change; or start afresh with --overwrite)")
+
+
+def read_optimizer_state(last: Path, state: "TrainState") -> dict[str, np.ndarray]:
+    """last/optimizer.safetensors; missing or unreadable is a line naming it."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = last / OPTIMIZER_STATE
+    if not path.is_file():
+        raise damaged_checkpoint(path, "the file is missing")
+    try:
+        moments = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise damaged_checkpoint(path, f"unreadable ({error})") from None
+    if not moments and state.step > state.skipped_steps:
+        raise damaged_checkpoint(path, f"no optimizer moments after {state.step - state.skipped_steps} updates")
+    return moments
+
+
 def check_finite_weights(model, step: int) -> None:
     for path, param in model.named_parameters():
         if not np.isfinite(param.numpy()).all():
@@ -325,16 +426,16 @@ class RunLog:
     """One JSON line per log / eval event in metrics.jsonl, the same numbers as VisualDL scalars."""
 
     def __init__(self, output: Path, enabled: bool):
-        self.path, self.enabled, self.writer = output / "metrics.jsonl", enabled, None
-        if enabled:
-            from visualdl import LogWriter
-
-            self.writer = LogWriter(logdir=str(output / "vdl"))
+        self.output, self.path, self.enabled, self.writer = output, output / "metrics.jsonl", enabled, None
 
     def start(self, resume_step: int | None) -> None:
-        """Fresh run: empty file. Resume: drop lines written after the checkpoint (they are redone)."""
+        """Fresh run: empty file. Resume: drop lines written after the checkpoint (they are redone).
+        Nothing is written before this (a refused resume leaves the run dir as it was)."""
         if not self.enabled:
             return
+        from visualdl import LogWriter
+
+        self.writer = LogWriter(logdir=str(self.output / "vdl"))
         kept = []
         if resume_step is not None and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -373,20 +474,26 @@ class TrainState:
     skipped_steps: int = 0
     loss_sum: float = 0.0          # since the last train log line
     loss_steps: int = 0
+    part_sums: dict[str, float] = field(default_factory=dict)   # the task's loss parts, same span
     last_loss: float | None = None
     last_eval_step: int | None = None
 
 
 class Trainer:
-    def __init__(self, task: Task, config, model, tokenizer, rows: dict[str, np.ndarray], eval_sets, output: Path):
+    """`data` is whatever the task's hooks read (tasks.Task): an in-memory dict of arrays for
+    SQuAD / GLUE, memory-mapped token shards for pretraining."""
+
+    def __init__(self, task: Task, config, model, tokenizer, data, eval_sets, output: Path):
         self.task, self.config, self.raw_model, self.tokenizer = task, config, model, tokenizer
-        self.rows, self.eval_sets, self.output = rows, eval_sets, output
-        self.settings = TaskSettings.from_args(config, task)
-        remember_task_settings(model, self.settings)
+        self.data, self.eval_sets, self.output = data, eval_sets, output
+        self.num_rows = task.num_rows(data)
+        self.settings = task.settings_from_args(config)
+        task.remember_settings(model, self.settings)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
-        self.model = paddle.DataParallel(model) if self.world_size > 1 else model
-        self.sampler = GlobalBatchSampler(len(rows["input_ids"]), config.batch_size, config.seed,
+        self.model = (paddle.DataParallel(model, find_unused_parameters=task.find_unused_parameters)
+                      if self.world_size > 1 else model)
+        self.sampler = GlobalBatchSampler(self.num_rows, config.batch_size, config.seed,
                                           min_batch_size=self.world_size * config.gradient_accumulation_steps)
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
@@ -404,8 +511,20 @@ class Trainer:
     # ----- the run -------------------------------------------------------------------------
 
     def train(self, resume: bool) -> dict | None:
+        """Run to the end (or continue last/); an interrupt says where the run stopped. The run dir's
+        lock (taken by prepare_output / start_output) is released however it ends."""
+        try:
+            return self.run(resume)
+        except KeyboardInterrupt as interrupt:      # SIGINT, and SIGTERM as the CLI turns it into one
+            raise Interrupted.during(interrupt, f"at step {self.state.step}; {self.checkpoint_note()}") from None
+        finally:
+            if self.is_main:
+                release_directory(self.output)
+
+    def run(self, resume: bool) -> dict | None:
         started = time.time()
-        resumed_from = self.restore() if resume and (self.output / "last" / CHECKPOINT_STATE).is_file() else None
+        resumed_from = self.restore() if resume and (self.output / "last").is_dir() else None
+        inputs_accepted()            # everything is checked: the log lines held so far are shown
         if resumed_from is None:
             self.write_train_config()
         self.log.start(resumed_from)
@@ -426,46 +545,49 @@ class Trainer:
         return self.summary(resumed_from, time.time() - started) if self.is_main else None
 
     def run_step(self) -> None:
-        epoch, number = divmod(self.state.step, self.steps_per_epoch)
+        step = self.state.step                      # the step being taken, from 0
+        epoch, number = divmod(step, self.steps_per_epoch)
         self.sampler.set_epoch(epoch)
         global_count = len(self.sampler.global_batch(number))
+        set_learning_rate_multipliers(self.raw_model, self.task.learning_rate_multipliers(self.raw_model, step))
         lr = self.optimizer.get_lr()
-        loss = self.train_step(self.sampler.local_batch(number), global_count)
+        result = self.train_step(self.sampler.local_batch(number), global_count, step)
         self.state.step += 1
         self.scheduler.step()
-        if loss is not None:
+        if result is not None:
+            loss, parts = result
             self.state.loss_sum += loss
             self.state.loss_steps += 1
             self.state.last_loss = loss
+            for name, value in parts.items():
+                self.state.part_sums[name] = self.state.part_sums.get(name, 0.0) + value
         self.last_lr = lr
 
-    def train_step(self, local_rows: np.ndarray, global_count: int) -> float | None:
-        """One optimizer step on this process's rows of a global batch; the batch's mean loss, or
-        None when the update was skipped as non-finite."""
-        parts = np.array_split(local_rows, self.config.gradient_accumulation_steps)
+    def train_step(self, local_rows: np.ndarray, global_count: int, step: int) -> tuple[float, dict] | None:
+        """One optimizer step on this process's rows of a global batch: the batch's mean loss and
+        mean loss parts, or None when the update was skipped as non-finite."""
+        pieces = np.array_split(local_rows, self.config.gradient_accumulation_steps)
         scale = self.world_size / global_count        # DataParallel averages over processes
-        local_loss = 0.0
-        for number, part in enumerate(parts):
-            inputs, labels = self.batch(part)
-            with self.gradient_sync(number == len(parts) - 1):
+        local_loss, local_parts = 0.0, {}
+        for number, piece in enumerate(pieces):
+            inputs, labels = self.task.make_batch(self.data, piece, step)
+            with self.gradient_sync(number == len(pieces) - 1):
                 with self.autocast():
-                    outputs = self.model(**inputs)
-                losses = self.task.per_example_loss(outputs, labels)               # (b,)
+                    losses, parts = self.task.compute_loss(self.model, inputs, labels, step)    # (b,), {name: (b,)}
                 (losses.sum() * scale).backward()
             local_loss += float(losses.sum())
+            for name, value in parts.items():
+                local_parts[name] = local_parts.get(name, 0.0) + float(value.sum())
         self.last_grad_norm = self.gradient_norm()
-        loss_sum, nonfinite = self.all_sum([local_loss, float(not math.isfinite(local_loss))])
+        names = sorted(local_parts)                 # the same names on every process (one task)
+        loss_sum, nonfinite, *part_sums = self.all_sum(
+            [local_loss, float(not math.isfinite(local_loss))] + [local_parts[name] for name in names])
         if nonfinite or not math.isfinite(self.last_grad_norm):
             self.optimizer.clear_grad()
             return self.non_finite(loss_sum / global_count)
         self.optimizer.step()
         self.optimizer.clear_grad()
-        return loss_sum / global_count
-
-    def batch(self, rows: np.ndarray) -> tuple[dict, dict]:
-        inputs = {name: paddle.to_tensor(self.rows[name][rows].astype(np.int64)) for name in MODEL_INPUT_NAMES}
-        labels = {name: paddle.to_tensor(self.rows[name][rows]) for name in self.task.label_names}
-        return inputs, labels
+        return loss_sum / global_count, {name: value / global_count for name, value in zip(names, part_sums)}
 
     def gradient_sync(self, last_part: bool):
         """Accumulation passes skip DataParallel's all-reduce; the last one averages everything."""
@@ -494,12 +616,10 @@ class Trainer:
     def non_finite(self, loss: float) -> None:
         step = self.state.step + 1
         if not self.config.skip_nonfinite:
-            last = self.output / "last" / CHECKPOINT_STATE
-            kept = (f"last/ holds step {read_json(last).get('state', {}).get('step')}" if last.is_file()
-                    else "no checkpoint yet")
             raise NonFiniteLossError(
                 f"non-finite loss {loss} (gradient norm {self.last_grad_norm}) at step {step} of {self.total_steps}; "
-                f"stopped ({kept}). Lower --learning-rate, set --max-grad-norm, or pass --skip-nonfinite")
+                f"stopped ({self.checkpoint_note(resume_hint=False)}). Lower --learning-rate, set --max-grad-norm, "
+                f"or pass --skip-nonfinite")
         self.state.skipped_steps += 1
         logger.warning("step %d: non-finite loss %s / gradient norm %s; update skipped", step, loss, self.last_grad_norm)
         self.log.record("skipped", step, {"loss": str(loss), "grad_norm": str(self.last_grad_norm)})
@@ -508,10 +628,11 @@ class Trainer:
     def after_step(self) -> None:
         step = self.state.step
         if step % self.config.logging_steps == 0 and self.state.loss_steps:
+            parts = {name: value / self.state.loss_steps for name, value in sorted(self.state.part_sums.items())}
             self.log.record("train", step, {"epoch": round(step / self.steps_per_epoch, 4),
-                                            "loss": self.state.loss_sum / self.state.loss_steps,
+                                            "loss": self.state.loss_sum / self.state.loss_steps, **parts,
                                             "lr": self.last_lr, "grad_norm": self.last_grad_norm})
-            self.state.loss_sum, self.state.loss_steps = 0.0, 0
+            self.state.loss_sum, self.state.loss_steps, self.state.part_sums = 0.0, 0, {}
         every = self.config.eval_steps or self.steps_per_epoch
         evaluated = bool(self.eval_sets) and (step % every == 0 or step == self.total_steps)
         if evaluated:
@@ -539,57 +660,75 @@ class Trainer:
 
     def save_best(self, result) -> None:
         """best/: a model dir (tokenizer, id2label) plus metrics.json and the dev predictions, in one swap."""
-        from .convert import save_paddle_model_dir
+        from .modeldir import save_paddle_model_dir
 
         check_finite_weights(self.raw_model, self.state.step)
-        with atomic_directory(self.output / "best") as staging:
-            save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
-            if result is not None:
-                write_evaluation(self.task, result, staging, extra={"step": self.state.step})
-            else:
-                atomic_write_json(staging / "metrics.json",
-                                  {"step": self.state.step, "note": "final model, not selected on dev"})
+        try:
+            with atomic_directory(self.output / "best") as staging:
+                save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
+                if result is not None:
+                    write_evaluation(self.task, result, staging, extra={"step": self.state.step})
+                else:
+                    atomic_write_json(staging / "metrics.json",
+                                      {"step": self.state.step, "note": "final model, not selected on dev"})
+        except OSError as error:       # a full disk: the staging dir is gone, the old best/ untouched
+            raise UserInputError(f"{self.output / 'best'}: cannot write the step {self.state.step} model "
+                                 f"({error.strerror or error}); {self.checkpoint_note()}") from None
         if result is None:
             self.state.best_step = self.state.step
 
     def save_last(self) -> None:
         """last/: model dir + optimizer moments + trainer state (step, schedule, RNG of every process)."""
-        from .convert import save_paddle_model_dir
+        from .modeldir import save_paddle_model_dir
 
         rng_states = self.gather(rng_state())
         if self.is_main:
             check_finite_weights(self.raw_model, self.state.step)
             checkpoint = {"state": asdict(self.state), "scheduler": self.scheduler.state_dict(), "rng": rng_states,
                           "run": self.run_identity()}
-            with atomic_directory(self.output / "last") as staging:
-                save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
-                atomic_write_safetensors(staging / OPTIMIZER_STATE, optimizer_state_by_name(self.optimizer, self.raw_model))
-                atomic_write_json(staging / CHECKPOINT_STATE, checkpoint)
+            try:
+                with atomic_directory(self.output / "last") as staging:
+                    save_paddle_model_dir(self.raw_model, staging, tokenizer=self.tokenizer)
+                    atomic_write_safetensors(staging / OPTIMIZER_STATE,
+                                             optimizer_state_by_name(self.optimizer, self.raw_model))
+                    atomic_write_json(staging / CHECKPOINT_STATE, checkpoint)
+            except OSError as error:       # a full disk: the staging dir is gone, the old last/ untouched
+                raise UserInputError(f"{self.output / 'last'}: cannot write the step {self.state.step} checkpoint "
+                                     f"({error.strerror or error}); {self.checkpoint_note()}") from None
         self.barrier()
 
     def restore(self) -> int:
         """Continue from last/: weights were loaded from it already; here the rest. Returns the step."""
-        from safetensors.numpy import load_file
-
         last = self.output / "last"
-        checkpoint = read_json(last / CHECKPOINT_STATE, "trainer state")
-        identity = self.run_identity()
-        for key in RESUME_INVARIANTS:
-            if checkpoint["run"].get(key) != identity[key]:
-                raise UserInputError(f"{last}: cannot resume, {key} was {checkpoint['run'].get(key)} "
-                                     f"and is now {identity[key]} (same flags and data are needed)")
-        load_optimizer_state(self.optimizer, self.raw_model, load_file(str(last / OPTIMIZER_STATE)),
-                             checkpoint["scheduler"], last)
-        self.state = TrainState(**checkpoint["state"])
-        self.restore_rng(checkpoint["rng"])
+        checkpoint = read_checkpoint(last)
+        check_same_run(checkpoint["run"], self.run_identity(), last)
+        state = TrainState(**checkpoint["state"])
+        try:
+            load_optimizer_state(self.optimizer, self.raw_model, read_optimizer_state(last, state),
+                                 checkpoint["scheduler"], last)
+        except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as error:   # shapes, scheduler keys
+            raise damaged_checkpoint(last / OPTIMIZER_STATE, f"does not fit the model "
+                                                             f"({type(error).__name__}: {error})") from None
+        self.state = state
+        self.restore_rng(checkpoint["rng"], last / CHECKPOINT_STATE)
         logger.info("resumed from %s at step %d of %d", last, self.state.step, self.total_steps)
         return self.state.step
 
-    def restore_rng(self, states: list[dict]) -> None:
+    def restore_rng(self, states: list[dict], source: Path) -> None:
         if len(states) != self.world_size:
             logger.warning("resuming %d processes from a checkpoint of %d: dropout streams differ from an "
                            "uninterrupted run", self.world_size, len(states))
-        restore_rng_state(states[self.rank % len(states)])
+        try:
+            restore_rng_state(states[self.rank % len(states)])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+            raise damaged_checkpoint(source, f"random generator states: {type(error).__name__}: {error}") from None
+
+    def checkpoint_note(self, resume_hint: bool = True) -> str:
+        """What last/ holds now: "last/ holds step 40: --resume continues" or "no checkpoint yet"."""
+        step = checkpoint_step(self.output / "last")
+        if step is None:
+            return "no checkpoint yet"
+        return f"last/ holds step {step}" + (": --resume continues" if resume_hint else "")
 
     def gather(self, value: Any) -> list:
         if self.world_size == 1:
@@ -605,15 +744,18 @@ class Trainer:
     # ----- bookkeeping -----------------------------------------------------------------------
 
     def run_identity(self) -> dict[str, Any]:
+        """What makes this run this run (checked on --resume), plus the world size (which may change)."""
         return {"task": self.task.name, "batch_size": self.config.batch_size, "seed": self.config.seed,
-                "train_rows": len(self.rows["input_ids"]), "total_steps": self.total_steps,
-                "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size}
+                "train_rows": self.num_rows, "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
+                "flags": run_flags(self.config)}
 
     def write_train_config(self) -> None:
         if not self.is_main:
             return
         values = {key: value for key, value in vars(self.config).items() if not callable(value)}
-        values.update(self.run_identity(), warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
+        identity = {key: value for key, value in self.run_identity().items() if key != "flags"}
+        values.update(identity, warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
                       per_process_batch=self.config.batch_size // self.world_size, paddle_version=paddle.__version__,
                       dev_sets={eval_set.name: eval_set.source for eval_set in self.eval_sets})
         atomic_write_json(self.output / "train_config.json", values)
@@ -621,7 +763,8 @@ class Trainer:
     def progress_bar(self):
         from .progress import progress_bar
 
-        return progress_bar(total=self.total_steps, initial=self.state.step, desc=f"finetune {self.task.name}",
+        command = getattr(self.config, "command", "train")
+        return progress_bar(total=self.total_steps, initial=self.state.step, desc=f"{command} {self.task.name}",
                             unit="step", disable=not self.is_main)
 
     def summary(self, resumed_from: int | None, seconds: float) -> dict:
@@ -632,7 +775,7 @@ class Trainer:
                 "main_metric": None if not self.eval_sets else best_main_metric(self.task, self.eval_sets),
                 "best_value": self.state.best_value, "best_metrics": best_metrics,
                 "last_loss": self.state.last_loss, "skipped_steps": self.state.skipped_steps,
-                "resumed_from_step": resumed_from, "train_rows": len(self.rows["input_ids"]),
+                "resumed_from_step": resumed_from, "train_rows": self.num_rows,
                 "world_size": self.world_size, "seconds": round(seconds, 2)}
 
 
@@ -647,8 +790,13 @@ def best_main_metric(task: Task, eval_sets) -> str:
 def prepare_output(config, is_main: bool) -> Path:
     """Check OUTPUT can be written and holds no other run (unless --resume / --overwrite), and
     tidy an existing one after a kill. Nothing is created or deleted for good here: that waits
-    for `start_output`, once the inputs have been read, so a bad input leaves OUTPUT as it was."""
+    for `start_output`, once the inputs have been read, so a bad input leaves OUTPUT as it was.
+
+    An existing OUTPUT is locked first (files.lock_directory, rank 0 only) and stays locked for
+    the run's life: a second run on it is refused naming the first one's pid."""
     output = check_creatable_dir(config.output)
+    if is_main and output.is_dir():
+        lock_directory(output, "run directory")
     earlier = [name for name in ("last", "best", "metrics.jsonl") if (output / name).exists()]
     if earlier and not (config.resume or config.overwrite):
         raise UserInputError(f"{output}: already holds a run ({', '.join(earlier)}); pass --resume to continue it, "
@@ -667,7 +815,7 @@ def prepare_output(config, is_main: bool) -> Path:
 def start_output(config, output: Path, is_main: bool) -> None:
     """The inputs are good: create OUTPUT and, with --overwrite, clear the earlier run."""
     if is_main:
-        ensure_writable_dir(output)
+        lock_directory(ensure_writable_dir(output), "run directory")   # a no-op if prepare_output took it
         if config.overwrite and not config.resume:
             for name in ("last", "best", "vdl"):
                 shutil.rmtree(output / name, ignore_errors=True)
@@ -685,21 +833,26 @@ def init_distributed(device: str) -> str:
 
 def start_source(config, output: Path) -> Path:
     """The model dir training starts from: last/ when resuming, else --model (a hub id resolved)."""
-    from .convert import resolve_source
+    from .modeldir import resolve_source
 
     last = output / "last"
-    return last if config.resume and (last / CHECKPOINT_STATE).is_file() else resolve_source(config.model)
+    if config.resume and last.is_dir():
+        read_checkpoint(last)    # a damaged last/ is refused here, before its weights are read
+        return last
+    return resolve_source(config.model)
 
 
-def check_start(config, source: Path):
-    """Read and check the start's config.json and weights, and return its tokenizer. The model
-    is built later (load_start_model, which logs a new head): every input is checked first."""
-    from .convert import load_pretrained
-    from .tokenizer import MobileBertTokenizer
+def check_start(config, source: Path, task: Task):
+    """Read and check the start's config.json, weights (their label count against the task's)
+    and tokenizer, and return the tokenizer. The model is built later (load_start_model, which
+    logs a new head): every input is checked first."""
+    from .modeldir import check_label_count, load_pretrained, load_tokenizer
 
-    model_config, _ = load_pretrained(source)     # a bad dir fails here; the weights are read again later
+    model_config, state = load_pretrained(source)     # a bad dir fails here; the weights are read again later
+    check_label_count(model_config, state, task.model_class().architecture, task.config_changes()["id2label"],
+                      task.name, config.model)
     check_sequence_length(config.max_seq_length, model_config, config.model)
-    return MobileBertTokenizer.from_pretrained(source)
+    return load_tokenizer(source, model_config)
 
 
 def load_start_model(task: Task, source: Path):
@@ -707,12 +860,6 @@ def load_start_model(task: Task, source: Path):
     model = task.model_class().from_pretrained(source, **task.config_changes())
     model.config.extra["finetuning_task"] = task.name
     return model
-
-
-def remember_task_settings(model, settings: TaskSettings) -> None:
-    """Store the windows / post-processing used in training in the model's config.json, so that
-    evaluate, predict and export use them by default."""
-    model.config.extra["task_settings"] = asdict(settings)
 
 
 def load_data(task: Task, config, tokenizer) -> tuple[dict[str, np.ndarray], list, str]:
@@ -740,7 +887,7 @@ def run_finetune(args: argparse.Namespace) -> dict | None:
     if dist.get_world_size() > 1:
         dist.barrier()   # rank 0 has recovered / cleaned the run dir
     source = start_source(config, output)
-    tokenizer = check_start(config, source)
+    tokenizer = check_start(config, source, task)
     rows, eval_sets, train_source = load_data(task, config, tokenizer)
     minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
     if GlobalBatchSampler.batches_per_epoch(len(rows["input_ids"]), config.batch_size, minimum_rows) == 0:

@@ -43,12 +43,12 @@ CASES = [
     # quickstart ------------------------------------------------------------------------------------
     Case("quickstart-output-under-file", "quickstart --output {file}/qs", "not writable", "{file}"),
     Case("quickstart-zero-train-questions", "quickstart --output {out} --train-questions 0",
-         "--train-questions must be positive"),
-    Case("quickstart-zero-epochs", "quickstart --output {out} --epochs 0", "--epochs must be positive"),
-    Case("quickstart-zero-batch", "quickstart --output {out} --batch-size 0", "--batch-size must be positive"),
+         "argument --train-questions: must be an integer >= 1"),
+    Case("quickstart-zero-epochs", "quickstart --output {out} --epochs 0", "argument --epochs: must be a finite number > 0, got 0"),
+    Case("quickstart-zero-batch", "quickstart --output {out} --batch-size 0", "argument --batch-size: must be an integer >= 1"),
     Case("quickstart-negative-learning-rate", "quickstart --output {out} --learning-rate -1",
-         "--learning-rate must be positive"),
-    Case("quickstart-not-an-int", "quickstart --output {out} --train-questions many", "invalid int value: 'many'"),
+         "argument --learning-rate: must be a finite number > 0, got -1"),
+    Case("quickstart-not-an-int", "quickstart --output {out} --train-questions many", "argument --train-questions: must be an integer >= 1 and <= 1000000, got 'many'"),
     # convert ---------------------------------------------------------------------------------------
     Case("convert-missing-source", "convert {missing_dir} {out}", "no such directory"),
     Case("convert-source-is-file", "convert {file} {out}", "expected a model directory, found a file"),
@@ -69,8 +69,8 @@ CASES = [
     Case("compare-paddle-no-weights", "compare {hf} {no_weights}", "no weights found", None),
     Case("compare-paddle-bert-config", "compare {hf} {bert}", "model_type is 'bert', not 'mobilebert'", None),
     Case("compare-hf-is-paddle-dir", "compare {qa} {qa}", "HF_SRC must be the HuggingFace checkpoint", None),
-    Case("compare-negative-tolerance", "compare {hf} {hf_as_paddle} --tolerance -1", "--tolerance must be >= 0", None),
-    Case("compare-tolerance-not-number", "compare {hf} {qa} --tolerance tight", "invalid float value: 'tight'", None),
+    Case("compare-negative-tolerance", "compare {hf} {hf_as_paddle} --tolerance -1", "argument --tolerance: must be a finite number >= 0, got -1", None),
+    Case("compare-tolerance-not-number", "compare {hf} {qa} --tolerance tight", "argument --tolerance: must be a finite number >= 0, got 'tight'", None),
     Case("compare-empty-text", "compare {hf} {hf_as_paddle} --text {blank}", "--text: empty text", None),
     # finetune --------------------------------------------------------------------------------------
     Case("finetune-missing-train", "finetune squad1 --model {base} --train {missing_file} --output {out}",
@@ -94,16 +94,25 @@ CASES = [
     Case("finetune-model-bert-config", "finetune rte --model {bert} --train {tsv} --output {out}",
          "model_type is 'bert', not 'mobilebert'"),
     Case("finetune-zero-batch", "finetune rte --model {base} --train {tsv} --output {out} --batch-size 0",
-         "--batch-size must be positive, got 0"),
+         "argument --batch-size: must be an integer >= 1, got 0"),
     Case("finetune-warmup-ratio", "finetune rte --model {base} --train {tsv} --output {out} --warmup-ratio 1.5",
-         "--warmup-ratio must be in [0, 1]"),
+         "argument --warmup-ratio: must be a finite number >= 0 and <= 1, got 1.5"),
+    Case("finetune-nan-epochs", "finetune rte --model {base} --train {tsv} --output {out} --epochs nan",
+         "argument --epochs: must be a finite number > 0, got nan"),
+    Case("finetune-huge-seed", "finetune rte --model {base} --train {tsv} --output {out} --seed 1099511627776",
+         "argument --seed: must be an integer >= 0 and <= 4294967295"),
+    Case("finetune-glue-one-token-rows", "finetune rte --model {base} --train {tsv} --output {out} --max-seq-length 1",
+         "argument --max-seq-length: must be an integer >= 5, got 1"),
+    Case("finetune-nan-max-grad-norm", "finetune rte --model {base} --train {tsv} --output {out} --max-grad-norm nan",
+         "argument --max-grad-norm: must be a finite number >= 0, got nan"),
+    Case("quickstart-inf-epochs", "quickstart --output {out} --epochs inf", "argument --epochs: must be a finite number"),
     Case("finetune-fp16", "finetune rte --model {base} --train {tsv} --output {out} --amp fp16", "fp16"),
     Case("finetune-bf16-on-cpu", "finetune rte --model {base} --train {tsv} --output {out} --amp bf16 --device cpu",
          "--amp bf16 needs a GPU"),
     Case("finetune-too-long-rows", "finetune rte --model {base} --train {tsv} --output {out} --max-seq-length 1024",
          "exceeds the model's max_position_embeddings"),
     Case("finetune-nan-null-threshold", "finetune squad2 --model {base} --train {squad} --output {out} "
-         "--null-score-diff-threshold nan", "--null-score-diff-threshold must be a finite number"),
+         "--null-score-diff-threshold nan", "argument --null-score-diff-threshold: must be a finite number, got nan"),
     Case("finetune-stride-too-long", "finetune squad1 --model {base} --train {squad} --output {out} "
          "--max-seq-length 48 --doc-stride 48", "window sizes"),
     Case("finetune-output-under-file", "finetune rte --model {base} --train {tsv} --output {file}/run",
@@ -127,9 +136,9 @@ CASES = [
     Case("evaluate-wrong-head", "evaluate rte --model {qa} --data {tsv} --output {out}",
          "needs a fine-tuned MobileBertForSequenceClassification"),
     Case("evaluate-zero-batch", "evaluate squad1 --model {qa} --data {squad} --output {out} --batch-size 0",
-         "--batch-size must be positive"),
+         "argument --batch-size: must be an integer >= 1"),
     Case("evaluate-zero-n-best", "evaluate squad1 --model {qa} --data {squad} --output {out} --n-best-size 0",
-         "--n-best-size must be positive"),
+         "argument --n-best-size: must be an integer >= 1, got 0"),
     Case("evaluate-output-under-file", "evaluate squad1 --model {qa} --data {squad} --output {file}/eval",
          "not writable", "{file}"),
     Case("evaluate-unknown-backend", "evaluate squad1 --model {qa} --data {squad} --output {out} --backend tvm",
@@ -140,9 +149,9 @@ CASES = [
          "give --question and --context", None),
     Case("predict-no-context", "predict --model {qa} --question who", "--context is missing or empty", None),
     Case("predict-zero-top-k", "predict --model {qa} --question who --context x --top-k 0",
-         "--top-k must be positive", None),
+         "argument --top-k: must be an integer >= 1, got 0", None),
     Case("predict-zero-max-answer-length", "predict --model {qa} --question who --context x --max-answer-length 0",
-         "--max-answer-length must be positive", None),
+         "argument --max-answer-length: must be an integer >= 1, got 0", None),
     Case("predict-text-on-qa-model", "predict --model {qa} --text hello",
          "needs a fine-tuned MobileBertForSequenceClassification", None),
     Case("predict-model-no-weights", "predict --model {no_weights} --question who --context x",
@@ -161,8 +170,8 @@ CASES = [
     Case("export-output-under-file", "export --model {qa} --output {file}/onnx", "not a writable directory", "{file}"),
     Case("export-output-is-model", "export --model {qa} --output {qa}", "the model directory itself", "{qa}"),
     Case("export-output-not-export", "export --model {qa} --output {full_dir}", "not an export", "{full_dir}"),
-    Case("export-opset-zero", "export --model {qa} --output {out} --opset 0", "--opset 0: expected an ONNX opset"),
-    Case("export-opset-too-high", "export --model {qa} --output {out} --opset 22", "--opset 22: expected an ONNX opset"),
+    Case("export-opset-zero", "export --model {qa} --output {out} --opset 0", "argument --opset: must be an integer >= 10 and <= 21, got 0"),
+    Case("export-opset-too-high", "export --model {qa} --output {out} --opset 22", "argument --opset: must be an integer >= 10 and <= 21, got 22"),
     # squad-eval ------------------------------------------------------------------------------------
     Case("squad-eval-missing-data", "squad-eval {missing_file} {predictions}", "not found", None),
     Case("squad-eval-malformed-data", "squad-eval {squad_malformed} {predictions}", "invalid JSON at line", None),
@@ -179,20 +188,57 @@ CASES = [
     Case("squad-eval-out-file-under-file", "squad-eval {squad} {predictions} --out-file {file}/scores.json",
          "a file is in the way", "{file}"),
     Case("squad-eval-threshold-not-number", "squad-eval {squad} {predictions} --na-prob-thresh high",
-         "invalid float value: 'high'", None),
+         "argument --na-prob-thresh: must be a finite number, got 'high'", None),
+    # pretrain --------------------------------------------------------------------------------------
+    Case("pretrain-no-config", "pretrain --data {pretrain_data} --output {out}", "give --config"),
+    Case("pretrain-unknown-preset", "pretrain --config no-such-preset --data {pretrain_data} --output {out}",
+         "neither a preset"),
+    Case("pretrain-data-not-data-dir", "pretrain --config {pretrain_config} --data {empty_dir} --output {out}",
+         "not a pretraining data directory"),
+    Case("pretrain-data-missing", "pretrain --config {pretrain_config} --data {missing_dir} --output {out}",
+         "no such pretraining data directory"),
+    Case("pretrain-dev-not-data-dir", "pretrain --config {pretrain_config} --data {pretrain_data} --dev {full_dir} "
+         "--output {out}", "not a pretraining data directory"),
+    Case("pretrain-config-disagrees-with-init", "pretrain --config {pretrain_config_wide} --init-from {pretrain_model} "
+         "--data {pretrain_data} --output {out}", "intermediate_size 128 vs 64"),
+    Case("pretrain-init-from-not-model", "pretrain --init-from {empty_dir} --data {pretrain_data} --output {out}",
+         "must be a model directory"),
+    Case("pretrain-vocab-too-small", "pretrain --config {pretrain_config_small_vocab} --data {pretrain_data} "
+         "--output {out}", "vocab_size 10 is smaller than the data's vocabulary"),
+    Case("pretrain-rows-too-long", "pretrain --config {pretrain_config_short} --data {pretrain_data} --output {out}",
+         "max_position_embeddings 16 is shorter than the data's rows"),
+    Case("pretrain-zero-batch", "pretrain --config {pretrain_config} --data {pretrain_data} --output {out} "
+         "--batch-size 0", "argument --batch-size: must be an integer >= 1, got 0"),
+    Case("pretrain-nan-learning-rate", "pretrain --config {pretrain_config} --data {pretrain_data} --output {out} "
+         "--learning-rate nan", "argument --learning-rate: must be a finite number > 0"),
+    Case("pretrain-masked-lm-prob", "pretrain --config {pretrain_config} --data {pretrain_data} --output {out} "
+         "--masked-lm-prob 1.5", "argument --masked-lm-prob: must be a finite number > 0 and < 1"),
+    Case("pretrain-unknown-optimizer", "pretrain --config {pretrain_config} --data {pretrain_data} --output {out} "
+         "--optimizer sgd", "invalid choice: 'sgd'"),
+    Case("pretrain-earlier-run", "pretrain --config {pretrain_config} --data {pretrain_data} --output {earlier_run}",
+         "already holds a run", "{earlier_run}"),
+    Case("evaluate-pretraining-not-data-dir", "evaluate pretraining --model {pretrain_model} --data {empty_dir} "
+         "--output {out}", "not a pretraining data directory"),
+    Case("evaluate-pretraining-onnx", "evaluate pretraining --model {pretrain_model} --data {pretrain_data} "
+         "--output {out} --backend onnx", "pretraining is evaluated on the Paddle model"),
+    Case("evaluate-pretraining-qa-model", "evaluate pretraining --model {qa} --data {pretrain_data} --output {out}",
+         "the model is a MobileBertForQuestionAnswering"),
     # bench -----------------------------------------------------------------------------------------
     Case("bench-model-missing", "bench --model {missing_dir} --output {out}", "no such model directory"),
     Case("bench-model-no-weights", "bench --model {no_weights} --output {out}", "no weights found"),
     Case("bench-model-bert-config", "bench --model {bert} --output {out}", "model_type is 'bert', not 'mobilebert'"),
-    Case("bench-zero-batch", "bench --model {qa} --output {out} --batch 0", "must be positive"),
-    Case("bench-batch-not-int", "bench --model {qa} --output {out} --batch 1,many", "--batch '1,many'"),
-    Case("bench-zero-runs", "bench --model {qa} --output {out} --runs 0", "--runs must be positive"),
+    Case("bench-zero-batch", "bench --model {qa} --output {out} --batch 0",
+         "argument --batch: must be comma-separated integers >= 1"),
+    Case("bench-batch-not-int", "bench --model {qa} --output {out} --batch 1,many", "argument --batch: must be comma-separated integers >= 1 and <= 4096, got '1,many'"),
+    Case("bench-zero-runs", "bench --model {qa} --output {out} --runs 0", "argument --runs: must be an integer >= 1, got 0"),
     Case("bench-unknown-backend", "bench --model {qa} --output {out} --backends tvm", "unknown tvm"),
     Case("bench-too-long-seq", "bench --model {qa} --output {out} --seq 1024",
          "exceeds the model's max_position_embeddings"),
-    Case("bench-zero-threads", "bench --model {qa} --output {out} --threads 0", "--threads must be positive"),
-    Case("bench-negative-pause", "bench --model {qa} --output {out} --pause -1", "--pause must be a finite number"),
-    Case("bench-nan-pause", "bench --model {qa} --output {out} --pause nan", "--pause must be a finite number"),
+    Case("bench-zero-threads", "bench --model {qa} --output {out} --threads 0", "argument --threads: must be an integer >= 1"),
+    Case("bench-negative-pause", "bench --model {qa} --output {out} --pause -1",
+         "argument --pause: must be a finite number >= 0 and <= 3600, got -1"),
+    Case("bench-nan-pause", "bench --model {qa} --output {out} --pause nan",
+         "argument --pause: must be a finite number >= 0 and <= 3600, got nan"),
     Case("bench-output-under-file", "bench --model {qa} --output {file}/bench", "not writable", "{file}"),
 ]
 
@@ -260,6 +306,26 @@ def build_model_inputs(root: Path, paths: dict) -> None:
     paths["truncated"] = copy_model_dir(paths["qa"], root / "truncated")
     weights = (paths["truncated"] / "model.safetensors").read_bytes()
     (paths["truncated"] / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+
+
+def build_pretraining_inputs(root: Path, paths: dict) -> None:
+    """A DATA_DIR of `pretrain-data` (tiny vocabulary, 32-token rows), a ForPreTraining model dir
+    with the same vocabulary, and config.json files that disagree with them in one way each."""
+    from mobilebert_paddle.corpus import CorpusSettings, write_pretraining_data
+    from tiny_tasks import TINY_CONFIG, VOCAB
+
+    documents = ["\n".join(f"the w{(document * 7 + line) % 40} is red ." for line in range(6)) for document in range(8)]
+    (root / "corpus.txt").write_text("\n\n".join(documents) + "\n")
+    paths["pretrain_data"] = root / "pretrain_data"
+    write_pretraining_data([root / "corpus.txt"], make_tokenizer(), paths["pretrain_data"],
+                           CorpusSettings(max_seq_length=32))
+    paths["pretrain_model"] = save_head(root / "pretrain_model", "MobileBertForPreTraining",
+                                        max_position_embeddings=MAX_POSITIONS)
+    config = {**TINY_CONFIG, "vocab_size": len(VOCAB), "max_position_embeddings": MAX_POSITIONS}
+    for name, changes in (("pretrain_config", {}), ("pretrain_config_wide", {"intermediate_size": 128}),
+                          ("pretrain_config_small_vocab", {"vocab_size": 10}),
+                          ("pretrain_config_short", {"max_position_embeddings": 16})):
+        write_json(paths, root, name, {**config, **changes})
 
 
 def build_file_inputs(root: Path, paths: dict) -> None:
@@ -361,6 +427,7 @@ def outcomes(tmp_path_factory) -> dict[str, Outcome]:
     paths: dict = {}
     build_file_inputs(root, paths)
     build_model_inputs(root, paths)
+    build_pretraining_inputs(root, paths)
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = {case.id: pool.submit(run_case, case, paths, outputs) for case in CASES}
         return {case_id: future.result() for case_id, future in futures.items()}

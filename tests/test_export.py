@@ -138,7 +138,8 @@ def test_int8_runs(tmp_path, model_dirs, eager, fuse):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("head", [QA, CLASSIFICATION, "MobileBertModel"])
 def test_fuse_model_equals_eager_every_variant(variant, head):
-    from mobilebert_paddle.convert import build_model, hf_to_paddle
+    from mobilebert_paddle.convert import hf_to_paddle
+    from mobilebert_paddle.modeldir import build_model
     from mobilebert_paddle.config import MobileBertConfig
     from mobilebert_paddle.fuse import fuse_model
 

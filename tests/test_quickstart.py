@@ -222,12 +222,14 @@ def test_vocabulary_is_the_same_every_time_and_keeps_every_word_whole(tmp_path):
 # ----- bad input: one line, exit 2, nothing written ----------------------------------------
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--epochs", "-1"], "--epochs must be positive"),
-    (["--epochs", "nan"], "--epochs must be positive"),
-    (["--learning-rate", "0"], "--learning-rate must be positive"),
-    (["--batch-size", "0"], "--batch-size must be positive"),
-    (["--train-questions", "-5"], "--train-questions must be positive"),
+    (["--epochs", "0"], "argument --epochs: must be a finite number > 0, got 0"),
+    (["--epochs", "-1"], "argument --epochs: must be a finite number > 0, got -1"),
+    (["--epochs", "nan"], "argument --epochs: must be a finite number > 0, got nan"),
+    (["--epochs", "inf"], "argument --epochs: must be a finite number > 0, got inf"),
+    (["--seed", "-1"], "argument --seed: must be an integer >= 0"),
+    (["--learning-rate", "0"], "argument --learning-rate: must be a finite number > 0, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+    (["--train-questions", "-5"], "argument --train-questions: must be an integer >= 1"),
     (["--train-questions", "8", "--batch-size", "16"], "--batch-size 16 is larger than --train-questions 8"),
 ])
 def test_bad_values_exit_2_with_one_line_before_writing(tmp_path, capsys, flags, message):

@@ -133,7 +133,10 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, dict | None, str]:
     from mobilebert_paddle.cli import main
 
     capsys.readouterr()
-    code = main([str(arg) for arg in argv])
+    try:
+        code = main([str(arg) for arg in argv])
+    except SystemExit as exit_:     # argparse refused a flag (or --help)
+        code = exit_.code
     captured = capsys.readouterr()
     summary = json.loads(captured.out) if code == 0 and captured.out.strip() else None
     return code, summary, captured.err

@@ -71,6 +71,24 @@ class NoNorm(nn.Layer):
         return x * self.weight + self.bias
 
 
+class HeadLinear(nn.Linear):
+    """A Linear that reads the ~1e7 hidden states down to a few numbers per token or per
+    sequence (QA start/end, labels, NSP, the pooler's B rows), accumulated in float64.
+
+    Such products are thin (N = 2 outputs, or M = B rows) and Paddle's CPU kernel for thin
+    float32 products sums the 512 terms with about twice PyTorch's rounding error (QA logits
+    1e-6 vs 4.7e-7 of max|logit| at full size, tests/test_precision.py; issue 14). In
+    float64 the result is rounded once; the cost is negligible (B x T x 512 x labels
+    multiply-adds). Other dtypes (bf16 AMP) take the ordinary path.
+    """
+
+    def forward(self, x):
+        if x.dtype != paddle.float32:
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.astype("float64")
+        return F.linear(x.astype("float64"), self.weight.astype("float64"), bias).astype(x.dtype)
+
+
 def normalization(config: MobileBertConfig, size: int, epsilon: float) -> nn.Layer:
     if config.normalization_type == "layer_norm":
         return nn.LayerNorm(size, epsilon=epsilon)
@@ -347,7 +365,7 @@ class MobileBertPooler(nn.Layer):
         super().__init__()
         self.do_activate = config.classifier_activation
         if self.do_activate:
-            self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+            self.dense = HeadLinear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden_states):
         first_token = hidden_states[:, 0]                                            # (B, H)
@@ -515,13 +533,13 @@ class MobileBertPreTrainingHeads(nn.Layer):
     def __init__(self, config: MobileBertConfig):
         super().__init__()
         self.predictions = MobileBertLMPredictionHead(config)
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = HeadLinear(config.hidden_size, 2)
 
 
 class MobileBertOnlyNSPHead(nn.Layer):
     def __init__(self, config: MobileBertConfig):
         super().__init__()
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = HeadLinear(config.hidden_size, 2)
 
 
 class PreTrainingOutput(NamedTuple):
@@ -597,7 +615,7 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
         super().__init__(config)
         self.mobilebert = MobileBertModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = HeadLinear(config.hidden_size, config.num_labels)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
@@ -613,7 +631,7 @@ class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
     def __init__(self, config: MobileBertConfig):
         super().__init__(config)
         self.mobilebert = MobileBertModel(config, add_pooling_layer=False)
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.qa_outputs = HeadLinear(config.hidden_size, config.num_labels)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
@@ -630,7 +648,7 @@ class MobileBertForTokenClassification(MobileBertPreTrainedModel):
         super().__init__(config)
         self.mobilebert = MobileBertModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = HeadLinear(config.hidden_size, config.num_labels)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
@@ -649,7 +667,7 @@ class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
         super().__init__(config)
         self.mobilebert = MobileBertModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = HeadLinear(config.hidden_size, 1)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,

@@ -57,22 +57,23 @@ class TransferFactors(NamedTuple):
 def token_weights(attention_mask, batch: int, length: int):
     """(B, T) float32: 1 for real tokens, 0 for padding (all ones without a mask).
 
-    Every transfer loss averages over real tokens only. Google's means include padded positions
-    (its inputs are always padded to max_seq_length, so the denominator is a constant there);
-    here a batch is padded to its own length, so counting padding would make a layer's loss
-    depend on how much padding its batch happens to have, and spend gradient on matching the
-    states of [PAD] tokens, which nothing downstream reads.
+    Every transfer loss is a per-row mean over the row's real tokens; the Trainer then averages
+    rows. Google's means include padded positions (its inputs are always padded to
+    max_seq_length, so every row weighs the same there too); here a batch may be padded to its
+    own length, so counting padding would make a layer's loss depend on how much padding its
+    batch happens to have, and spend gradient on matching the states of [PAD] tokens, which
+    nothing downstream reads.
     """
     if attention_mask is None:
         return paddle.ones([batch, length], dtype="float32")
     return attention_mask.astype("float32")
 
 
-def masked_token_mean(per_token, weights):
-    """Mean of a (B, T) or (B, N, T) per-token quantity over the tokens whose weight is 1."""
+def row_mean_over_tokens(per_token, weights):
+    """(B, T) or (B, N, T) per-token values -> (B,): each row's mean over its real tokens (and heads)."""
     if per_token.ndim == 3:                                   # (B, N, T): every head counts
-        weights = weights.unsqueeze(1).expand(per_token.shape)
-    return (per_token * weights).sum() / weights.sum()
+        return (per_token * weights.unsqueeze(1)).sum(axis=[1, 2]) / (per_token.shape[1] * weights.sum(axis=1))
+    return (per_token * weights).sum(axis=1) / weights.sum(axis=1)
 
 
 def normalise_features(hidden):
@@ -83,19 +84,20 @@ def normalise_features(hidden):
 
 
 def feature_map_loss(teacher_hidden, student_hidden, weights):
-    """Mean over real tokens and H of the squared difference of the normalised layer outputs.
+    """Per row, the mean over real tokens and H of the squared difference of the normalised
+    layer outputs: (B, T, H) twice -> (B,).
 
     TF1 takes the mean over every element (tf.losses.mean_squared_error); TF2's
     keras mean_squared_error leaves a (B, T) tensor whose gradient is that of its *sum*, an
     accident of Keras; the TF1 mean is followed here (TF2's logged metric is that mean too).
     """
     difference = normalise_features(teacher_hidden.detach()) - normalise_features(student_hidden)
-    return masked_token_mean((difference ** 2).mean(axis=-1), weights)            # (B, T) -> ()
+    return row_mean_over_tokens((difference ** 2).mean(axis=-1), weights)         # (B, T) -> (B,)
 
 
 def attention_loss(teacher_attention, student_attention, weights):
     """Per head and query position: -sum over keys of teacher p * log student p, averaged over
-    batch, heads and real query positions. (B, N, T, T) probabilities in, scalar out.
+    heads and real query positions of each row: (B, N, T, T) probabilities twice -> (B,).
 
     Google's TF1 code computes exactly this cross-entropy (it calls it a KL divergence; it
     differs from the KL by the teacher's entropy, which has no gradient). TF1 applies softmax
@@ -111,13 +113,13 @@ def attention_loss(teacher_attention, student_attention, weights):
     tiny = paddle.finfo(student_attention.dtype).tiny
     student_log = paddle.log(paddle.clip(student_attention, min=tiny))
     cross_entropy = -(teacher_attention.detach() * student_log).sum(axis=-1)       # (B, N, T)
-    return masked_token_mean(cross_entropy, weights)
+    return row_mean_over_tokens(cross_entropy, weights)                            # (B,)
 
 
 def mean_variance_losses(teacher_hidden, student_hidden, weights):
-    """(beta part, gamma part) before their factors: per token, the mean and the (population)
-    variance over H of the raw layer outputs; squared difference of the means, absolute
-    difference of the variances, each averaged over real tokens.
+    """(beta part, gamma part), each (B,), before their factors: per token, the mean and the
+    (population) variance over H of the raw layer outputs; squared difference of the means,
+    absolute difference of the variances, each averaged over the row's real tokens.
 
     Computed per layer from teacher layer l, as TF2's _get_distribution_losses does. TF1's
     run_pretraining.py takes the teacher's mean and variance of `teacher_hiddens` -- the list of
@@ -128,14 +130,15 @@ def mean_variance_losses(teacher_hidden, student_hidden, weights):
     teacher_mean, student_mean = teacher.mean(axis=-1), student_hidden.mean(axis=-1)      # (B, T)
     teacher_variance = ((teacher - teacher_mean.unsqueeze(-1)) ** 2).mean(axis=-1)
     student_variance = ((student_hidden - student_mean.unsqueeze(-1)) ** 2).mean(axis=-1)
-    beta = masked_token_mean((teacher_mean - student_mean) ** 2, weights)
-    gamma = masked_token_mean((teacher_variance - student_variance).abs(), weights)
+    beta = row_mean_over_tokens((teacher_mean - student_mean) ** 2, weights)
+    gamma = row_mean_over_tokens((teacher_variance - student_variance).abs(), weights)
     return beta, gamma
 
 
 def layer_transfer_losses(teacher_hidden, student_hidden, teacher_attention, student_attention,
                           attention_mask=None, factors: TransferFactors = TransferFactors()) -> dict:
-    """Layer l's four transfer losses, each times its factor, and their sum under "loss".
+    """Layer l's four transfer losses per row (B,), each times its factor, and their sum under
+    "loss". The batch's loss is the mean over rows (what the Trainer computes).
 
     teacher_hidden / student_hidden: layer l's outputs (B, T, H); *_attention: layer l's
     attention probabilities (B, N, T, T). Google divides the sum by the number of layers (TF1)
@@ -174,22 +177,25 @@ def distillation_targets(labels, teacher_logits, ratio: float, temperature: floa
 
 def pretraining_distillation_losses(student_logits, teacher_logits, labels, label_weights,
                                     nsp_logits, nsp_labels, ratio: float, temperature: float) -> dict:
-    """MLM against the distillation targets plus NSP, as Google's stage 2 (TF2 build_losses).
+    """MLM against the distillation targets plus NSP, per row (B,), as Google's stage 2.
 
     student_logits / teacher_logits: (B, P, V) at the masked positions; labels (B, P) the
     original tokens; label_weights (B, P): 1 for a real prediction, 0 for padding of the P
-    slots. The MLM loss is the weighted mean over predictions of -sum targets * log_softmax;
-    NSP the mean cross-entropy over rows. Also returned: the MLM loss against the ground truth
-    alone (Google's TF1 `true_loss`), logged so the student's progress reads like pretraining's.
+    slots. A row's MLM loss is the mean over its predictions of -sum targets * log_softmax
+    (Google averages over the batch's predictions; per row, each row weighs the same, which is
+    what lets 1 and N processes compute the same update), its NSP loss the cross-entropy of its
+    label. Also returned: the MLM loss against the ground truth alone (Google's TF1 `true_loss`),
+    logged so that the student's progress reads like pretraining's.
     """
     log_probabilities = F.log_softmax(student_logits, axis=-1)                        # (B, P, V)
     targets = distillation_targets(labels, teacher_logits, ratio, temperature)
     weights = label_weights.astype(log_probabilities.dtype)
-    count = paddle.clip(weights.sum(), min=1.0)
-    distill = (-(targets * log_probabilities).sum(axis=-1) * weights).sum() / count
+    count = paddle.clip(weights.sum(axis=1), min=1.0)                                 # (B,)
+    distill = (-(targets * log_probabilities).sum(axis=-1) * weights).sum(axis=1) / count
     true_log_probability = paddle.take_along_axis(log_probabilities, labels.astype("int64").unsqueeze(-1), axis=-1)
-    masked_lm = (-true_log_probability.squeeze(-1) * weights).sum() / count
-    next_sentence = F.cross_entropy(nsp_logits, nsp_labels.astype("int64").reshape([-1, 1]))
+    masked_lm = (-true_log_probability.squeeze(-1) * weights).sum(axis=1) / count
+    next_sentence = F.cross_entropy(nsp_logits, nsp_labels.astype("int64").reshape([-1, 1]), reduction="none")
+    next_sentence = next_sentence.reshape([-1])
     return {"distill_mlm_loss": distill, "next_sentence_loss": next_sentence, "masked_lm_loss": masked_lm,
             "loss": distill + next_sentence}
 

@@ -38,16 +38,16 @@ def transfer_inputs():
 def test_transfer_losses_equal_hand_worked_values():
     parts = layer_transfer_losses(*transfer_inputs(), factors=FACTORS)
     # Feature maps: LN(1, 3) = (-1, 1), LN(0, 4) = (-1, 1): 0. LN(2, 2) = (0, 0) = LN(1, 1): 0.
-    assert float(parts["feature_map_loss"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(parts["feature_map_loss"].mean()) == pytest.approx(0.0, abs=1e-6)
     # Attention: row 0: -(0.5 ln 0.25 + 0.5 ln 0.75); row 1: -ln 0.5; row 2 is a padded query.
     row0 = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
-    assert float(parts["attention_loss"]) == pytest.approx(1.0 * (row0 + math.log(2)) / 2, rel=1e-6)
+    assert float(parts["attention_loss"].mean()) == pytest.approx(1.0 * (row0 + math.log(2)) / 2, rel=1e-6)
     # Means: token 0: 2 vs 2 -> 0; token 1: 2 vs 1 -> 1. Mean 0.5, x beta 5000.
-    assert float(parts["mean_loss"]) == pytest.approx(5000 * 0.5, rel=1e-6)
+    assert float(parts["mean_loss"].mean()) == pytest.approx(5000 * 0.5, rel=1e-6)
     # Variances: token 0: 1 vs 4 -> 3; token 1: 0 vs 0 -> 0. Mean 1.5, x gamma 5.
-    assert float(parts["variance_loss"]) == pytest.approx(5 * 1.5, rel=1e-6)
-    total = sum(float(parts[name]) for name in ("feature_map_loss", "attention_loss", "mean_loss", "variance_loss"))
-    assert float(parts["loss"]) == pytest.approx(total, rel=1e-6)
+    assert float(parts["variance_loss"].mean()) == pytest.approx(5 * 1.5, rel=1e-6)
+    total = sum(float(parts[name].mean()) for name in ("feature_map_loss", "attention_loss", "mean_loss", "variance_loss"))
+    assert float(parts["loss"].mean()) == pytest.approx(total, rel=1e-6)
 
 
 def test_feature_map_loss_hand_worked():
@@ -55,9 +55,9 @@ def test_feature_map_loss_hand_worked():
     teacher, student = tensor([[[1, 3]]]), tensor([[[3, 1]]])
     attention = tensor([[[[1.0]]]])
     parts = layer_transfer_losses(teacher, student, attention, attention, factors=FACTORS)
-    assert float(parts["feature_map_loss"]) == pytest.approx(400.0, rel=1e-6)
-    assert float(parts["mean_loss"]) == 0.0 and float(parts["variance_loss"]) == 0.0
-    assert float(parts["attention_loss"]) == 0.0            # -1 x ln 1
+    assert float(parts["feature_map_loss"].mean()) == pytest.approx(400.0, rel=1e-6)
+    assert float(parts["mean_loss"].mean()) == 0.0 and float(parts["variance_loss"].mean()) == 0.0
+    assert float(parts["attention_loss"].mean()) == 0.0            # -1 x ln 1
 
 
 def test_transfer_losses_match_numpy_on_random_tensors():
@@ -79,20 +79,23 @@ def test_transfer_losses_match_numpy_on_random_tensors():
 
     real = mask == 1                                                      # (B, T)
 
+    def row_means(per_token):                  # (B, T) -> (B,): each row's mean over its real tokens
+        return np.array([row[keep].mean() for row, keep in zip(per_token, real)])
+
     def normalised(x):
         return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-12)
 
-    feature = ((normalised(teacher_hidden) - normalised(student_hidden)) ** 2).mean(-1)[real].mean()
+    feature = row_means(((normalised(teacher_hidden) - normalised(student_hidden)) ** 2).mean(-1))
     with np.errstate(divide="ignore"):
         log_student = np.where(student_attention > 0, np.log(np.maximum(student_attention, 1e-45)), 0.0)
     cross_entropy = -(teacher_attention * log_student).sum(-1)            # (B, N, T)
-    attention = cross_entropy.transpose(0, 2, 1)[real].mean()
-    beta = ((teacher_hidden.mean(-1) - student_hidden.mean(-1)) ** 2)[real].mean()
-    gamma = np.abs(teacher_hidden.var(-1) - student_hidden.var(-1))[real].mean()
+    attention = row_means(cross_entropy.mean(1))                          # every row has N heads
+    beta = row_means((teacher_hidden.mean(-1) - student_hidden.mean(-1)) ** 2)
+    gamma = row_means(np.abs(teacher_hidden.var(-1) - student_hidden.var(-1)))
     expected = {"feature_map_loss": 2 * feature, "attention_loss": 3 * attention, "mean_loss": 5 * beta,
                 "variance_loss": 7 * gamma}
     for name, value in expected.items():
-        assert float(parts[name]) == pytest.approx(value, rel=1e-5), name
+        np.testing.assert_allclose(parts[name].numpy(), value, rtol=1e-5, err_msg=name)
 
 
 def test_transfer_gradients_are_finite_with_padding_and_reach_only_the_student():
@@ -115,13 +118,13 @@ def test_pretraining_distillation_losses_hand_worked():
     labels, weights = tensor([[1, 0]], "int64"), tensor([[1.0, 0.0]])
     nsp_logits, nsp_labels = tensor([[0.0, 0.0]]), tensor([0], "int64")
     parts = pretraining_distillation_losses(student, teacher, labels, weights, nsp_logits, nsp_labels, 0.5, 1.0)
-    assert float(parts["distill_mlm_loss"]) == pytest.approx(0.375 * math.log(4) + 0.625 * math.log(2), rel=1e-6)
-    assert float(parts["masked_lm_loss"]) == pytest.approx(math.log(2), rel=1e-6)        # -ln 0.5
-    assert float(parts["next_sentence_loss"]) == pytest.approx(math.log(2), rel=1e-6)
-    assert float(parts["loss"]) == pytest.approx(float(parts["distill_mlm_loss"]) + math.log(2), rel=1e-6)
+    assert float(parts["distill_mlm_loss"].mean()) == pytest.approx(0.375 * math.log(4) + 0.625 * math.log(2), rel=1e-6)
+    assert float(parts["masked_lm_loss"].mean()) == pytest.approx(math.log(2), rel=1e-6)        # -ln 0.5
+    assert float(parts["next_sentence_loss"].mean()) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(parts["loss"].mean()) == pytest.approx(float(parts["distill_mlm_loss"].mean()) + math.log(2), rel=1e-6)
     # Ratio 1: the ground truth only.
     parts = pretraining_distillation_losses(student, teacher, labels, weights, nsp_logits, nsp_labels, 1.0, 1.0)
-    assert float(parts["distill_mlm_loss"]) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(parts["distill_mlm_loss"].mean()) == pytest.approx(math.log(2), rel=1e-6)
 
 
 def test_distillation_temperature_divides_the_teacher_logits():
@@ -132,8 +135,8 @@ def test_distillation_temperature_divides_the_teacher_logits():
     parts = pretraining_distillation_losses(tensor(np.log([[student_p]])), tensor(np.log([[teacher_p]])),
                                             tensor([[0]], "int64"), tensor([[1.0]]), tensor([[2.0, 0.0]]),
                                             tensor([1], "int64"), 0.0, 2.0)
-    assert float(parts["distill_mlm_loss"]) == pytest.approx(-(softened * np.log(student_p)).sum(), rel=1e-6)
-    assert float(parts["next_sentence_loss"]) == pytest.approx(math.log(1 + math.exp(2.0)), rel=1e-6)
+    assert float(parts["distill_mlm_loss"].mean()) == pytest.approx(-(softened * np.log(student_p)).sum(), rel=1e-6)
+    assert float(parts["next_sentence_loss"].mean()) == pytest.approx(math.log(1 + math.exp(2.0)), rel=1e-6)
 
 
 # ----- the layer schedule --------------------------------------------------------------------

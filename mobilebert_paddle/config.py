@@ -99,11 +99,6 @@ class MobileBertConfig:
                             f"num_attention_heads {self.num_attention_heads}")
         if self.num_feedforward_networks < 1:
             problems.append(f"num_feedforward_networks must be >= 1, got {self.num_feedforward_networks}")
-        if (self.use_bottleneck and not self.key_query_shared_bottleneck and not self.use_bottleneck_attention
-                and self.hidden_size != self.intra_bottleneck_size):
-            # Attention would then read the H-wide input through I-wide projections (HF fails too).
-            problems.append("use_bottleneck without key_query_shared_bottleneck needs use_bottleneck_attention "
-                            "(or hidden_size == intra_bottleneck_size)")
         if self.hidden_size < self.embedding_size and self.tie_word_embeddings:
             problems.append(f"hidden_size {self.hidden_size} < embedding_size {self.embedding_size}: "
                             "the tied MLM decoder cannot be built")
@@ -169,3 +164,49 @@ class MobileBertConfig:
 
     def replace(self, **changes: Any) -> "MobileBertConfig":
         return dataclasses.replace(self, **changes)
+
+    def transformers_incompatibility(self) -> str | None:
+        """Why HF transformers cannot build this layout, or None. IB-BERT's (use_bottleneck without
+        bottleneck attention or a shared query/key bottleneck) has queries and keys reading the
+        H-wide block input, as Google's layer defines it; HF's MobileBERT builds them I wide."""
+        if (self.use_bottleneck and not self.use_bottleneck_attention and not self.key_query_shared_bottleneck
+                and self.hidden_size != self.intra_bottleneck_size):
+            return (f"transformers' MobileBERT cannot load this layout: its query/key layers read "
+                    f"intra_bottleneck_size ({self.intra_bottleneck_size}) inputs, Google's IB-BERT layout reads "
+                    f"hidden_size ({self.hidden_size}); mobilebert-paddle and Google's TF code run it")
+        return None
+
+
+# Google's three released configs (google-research mobilebert/config/*.json), complete: keys a
+# JSON there leaves out take Google's BertConfig defaults (layer_norm, one FFN, a tanh pooler, no
+# shared query/key bottleneck), which differ from this class's MobileBERT defaults.
+_GOOGLE_COMMON = dict(vocab_size=30522, hidden_size=512, num_hidden_layers=24, num_attention_heads=4,
+                      max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02, embedding_size=128,
+                      trigram_input=True, use_bottleneck=True, attention_probs_dropout_prob=0.1)
+PRESETS: dict[str, dict[str, Any]] = {
+    # uncased_L-24_H-128_B-512_A-4_F-4_OPT: MobileBERT (the released google/mobilebert-uncased)
+    "mobilebert": dict(_GOOGLE_COMMON, hidden_act="relu", hidden_dropout_prob=0.0, intermediate_size=512,
+                       intra_bottleneck_size=128, use_bottleneck_attention=False, key_query_shared_bottleneck=True,
+                       num_feedforward_networks=4, normalization_type="no_norm", classifier_activation=False),
+    # uncased_L-24_H-128_B-512_A-4_F-2_tiny_OPT: MobileBERT-TINY
+    "mobilebert-tiny": dict(_GOOGLE_COMMON, hidden_act="relu", hidden_dropout_prob=0.0, intermediate_size=512,
+                            intra_bottleneck_size=128, use_bottleneck_attention=True,
+                            key_query_shared_bottleneck=False, num_feedforward_networks=2,
+                            normalization_type="no_norm", classifier_activation=False),
+    # uncased_L-24_H-1024_B-512_A-4: IB-BERT, the teacher. Google's "gelu" is the tanh form (gelu_new).
+    "ib-bert": dict(_GOOGLE_COMMON, hidden_act="gelu_new", hidden_dropout_prob=0.1, intermediate_size=4096,
+                    intra_bottleneck_size=1024, use_bottleneck_attention=False, key_query_shared_bottleneck=False,
+                    num_feedforward_networks=1, normalization_type="layer_norm", classifier_activation=True),
+}
+
+
+def load_config(spec: str | os.PathLike) -> MobileBertConfig:
+    """A preset name (PRESETS), a config.json file, or a model directory holding one."""
+    if str(spec) in PRESETS:
+        return MobileBertConfig(**PRESETS[str(spec)])
+    path = Path(spec)
+    if path.is_dir():
+        return MobileBertConfig.from_pretrained(path)
+    if path.is_file():
+        return MobileBertConfig.from_json_file(path)
+    raise UserInputError(f"{spec}: neither a preset ({', '.join(PRESETS)}) nor a config.json file or model directory")

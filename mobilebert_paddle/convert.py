@@ -453,9 +453,14 @@ def convert(source: str | os.PathLike, destination: str | os.PathLike, to: str =
             tokenizer_files = copy_tokenizer_files(directory, staging)
     except OSError as error:  # disk full, permissions changed under us: the staging dir is gone
         raise UserInputError(f"{destination}: cannot write ({error.strerror or error})") from None
-    return {"source": str(source), "destination": str(destination), "format": to,
-            "architecture": config.architectures[0], "tensors": len(loadable),
-            "parameters": int(sum(value.size for value in loadable.values())), "tokenizer_files": tokenizer_files}
+    summary = {"source": str(source), "destination": str(destination), "format": to,
+               "architecture": config.architectures[0], "tensors": len(loadable),
+               "parameters": int(sum(value.size for value in loadable.values())), "tokenizer_files": tokenizer_files}
+    incompatibility = config.transformers_incompatibility()
+    if incompatibility:   # IB-BERT: HF names and layout, written all the same (this project reads it back)
+        logger.warning("%s: %s", destination, incompatibility)
+        summary["note"] = incompatibility
+    return summary
 
 
 def write_model_files(directory: Path, config: MobileBertConfig, weights: StateDict, metadata: dict) -> None:

@@ -362,7 +362,11 @@ class FusedMobileBertModel(nn.Layer):
         as_parameter(self, "output_scale", None if stream.is_identity() else stream.scale)
         as_parameter(self, "output_shift", None if stream.is_identity() else stream.shift)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        if output_hidden_states or output_attentions:
+            raise ValueError("the fused inference graph has no per-layer hidden states or attention maps "
+                             "(its residual streams are rescaled); use the eager model for them")
         shape = paddle.shape(input_ids)
         batch, length = shape[0], shape[1]
         stream = self.embeddings(input_ids, token_type_ids, position_ids, attention_mask)   # (N, H)

@@ -117,6 +117,21 @@ class MobileBertEmbeddings(nn.Layer):
         return self.dropout(self.LayerNorm(embeddings))
 
 
+def attention_input_widths(config: MobileBertConfig) -> tuple[int, int]:
+    """Widths that (query and key, value) read; see Bottleneck for which tensor each reads.
+
+    Query and key read the I-wide bottleneck, except in IB-BERT's layout (use_bottleneck
+    without bottleneck attention or a shared query/key bottleneck), where all three read the
+    H-wide block input as Google's layer defines it (HF builds I-wide query/key there, so
+    transformers cannot run such a checkpoint). Value reads the block input unless
+    use_bottleneck_attention."""
+    reads_block_input = config.use_bottleneck and not (config.use_bottleneck_attention
+                                                       or config.key_query_shared_bottleneck)
+    query_key_width = config.hidden_size if reads_block_input else config.true_hidden_size
+    value_width = config.true_hidden_size if config.use_bottleneck_attention else config.hidden_size
+    return query_key_width, value_width
+
+
 class MobileBertSelfAttention(nn.Layer):
     def __init__(self, config: MobileBertConfig):
         super().__init__()
@@ -124,9 +139,9 @@ class MobileBertSelfAttention(nn.Layer):
         self.head_size = config.true_hidden_size // config.num_attention_heads
         self.scale = self.head_size ** -0.5
         all_heads = self.num_heads * self.head_size
-        value_width = config.true_hidden_size if config.use_bottleneck_attention else config.hidden_size
-        self.query = nn.Linear(config.true_hidden_size, all_heads)
-        self.key = nn.Linear(config.true_hidden_size, all_heads)
+        query_key_width, value_width = attention_input_widths(config)
+        self.query = nn.Linear(query_key_width, all_heads)
+        self.key = nn.Linear(query_key_width, all_heads)
         self.value = nn.Linear(value_width, all_heads)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
@@ -135,15 +150,18 @@ class MobileBertSelfAttention(nn.Layer):
         return x.reshape([batch, length, self.num_heads, self.head_size]).transpose([0, 2, 1, 3])  # (B, nh, T, hs)
 
     def forward(self, query_input, key_input, value_input, attention_bias):
+        """Returns the context (B, T, I) and the attention probabilities (B, nh, T, T), the
+        latter before dropout (what distillation and HF's output_attentions at eval see)."""
         query = self.split_heads(self.query(query_input))
         key = self.split_heads(self.key(key_input))
         value = self.split_heads(self.value(value_input))
         scores = paddle.matmul(query, key, transpose_y=True) * self.scale              # (B, nh, T, T)
         if attention_bias is not None:
             scores = scores + attention_bias                                          # (B, 1, 1, T) broadcast
-        probabilities = self.dropout(F.softmax(scores, axis=-1))
-        context = paddle.matmul(probabilities, value).transpose([0, 2, 1, 3])         # (B, T, nh, hs)
-        return context.reshape([context.shape[0], context.shape[1], self.num_heads * self.head_size])
+        probabilities = F.softmax(scores, axis=-1)
+        context = paddle.matmul(self.dropout(probabilities), value).transpose([0, 2, 1, 3])  # (B, T, nh, hs)
+        context = context.reshape([context.shape[0], context.shape[1], self.num_heads * self.head_size])
+        return context, probabilities
 
 
 class MobileBertSelfOutput(nn.Layer):
@@ -169,8 +187,8 @@ class MobileBertAttention(nn.Layer):
         self.output = MobileBertSelfOutput(config)
 
     def forward(self, query_input, key_input, value_input, layer_input, attention_bias):
-        context = self.self(query_input, key_input, value_input, attention_bias)
-        return self.output(context, layer_input)
+        context, probabilities = self.self(query_input, key_input, value_input, attention_bias)
+        return self.output(context, layer_input), probabilities
 
 
 class MobileBertIntermediate(nn.Layer):
@@ -289,15 +307,17 @@ class MobileBertLayer(nn.Layer):
         self.ffn = nn.LayerList([FFNLayer(config) for _ in range(config.num_feedforward_networks - 1)])
 
     def forward(self, hidden_states, attention_bias):                                # (B, T, H)
+        """Returns the layer's output (B, T, H) and its attention probabilities (B, nh, T, T)."""
         if self.use_bottleneck:
             query_input, key_input, value_input, layer_input = self.bottleneck(hidden_states)
         else:
             query_input = key_input = value_input = layer_input = hidden_states
-        attention_output = self.attention(query_input, key_input, value_input, layer_input, attention_bias)
+        attention_output, probabilities = self.attention(query_input, key_input, value_input, layer_input,
+                                                         attention_bias)
         for ffn in self.ffn:                                                         # (B, T, I) throughout
             attention_output = ffn(attention_output)
         intermediate = self.intermediate(attention_output)
-        return self.output(intermediate, attention_output, hidden_states)           # (B, T, H)
+        return self.output(intermediate, attention_output, hidden_states), probabilities  # (B, T, H)
 
 
 class MobileBertEncoder(nn.Layer):
@@ -305,13 +325,18 @@ class MobileBertEncoder(nn.Layer):
         super().__init__()
         self.layer = nn.LayerList([MobileBertLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, attention_bias, output_hidden_states: bool = False):
+    def forward(self, hidden_states, attention_bias, output_hidden_states: bool = False,
+                output_attentions: bool = False):
+        """(last layer's output, [embeddings, layer 1..L outputs] or None, [L probabilities] or None)."""
         all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for layer in self.layer:
-            hidden_states = layer(hidden_states, attention_bias)
+            hidden_states, probabilities = layer(hidden_states, attention_bias)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-        return hidden_states, all_hidden_states
+            if output_attentions:
+                all_attentions.append(probabilities)
+        return hidden_states, all_hidden_states, all_attentions
 
 
 class MobileBertPooler(nn.Layer):
@@ -403,11 +428,27 @@ class MobileBertPreTrainedModel(nn.Layer):
 
         save_paddle_model_dir(self, directory, tokenizer=tokenizer)
 
+    @staticmethod
+    def with_internals(output, backbone_output, requested: bool):
+        """A head's output, wrapped with the backbone's hidden states / attentions when requested."""
+        if not requested:
+            return output
+        return OutputWithInternals(output, backbone_output.hidden_states, backbone_output.attentions)
+
 
 class MobileBertEncoderOutput(NamedTuple):
     sequence_output: paddle.Tensor          # (B, T, H)
     pooled_output: Optional[paddle.Tensor]  # (B, H), None without a pooler
-    hidden_states: Optional[list]           # embeddings + every layer's output, with output_hidden_states
+    hidden_states: Optional[list] = None    # with output_hidden_states: embeddings + each layer's output (B, T, H)
+    attentions: Optional[list] = None       # with output_attentions: each layer's probabilities (B, nh, T, T)
+
+
+class OutputWithInternals(NamedTuple):
+    """What a head returns when asked for hidden states or attention maps (distillation needs both)."""
+
+    output: object                          # the head's usual output (a tensor or a named tuple)
+    hidden_states: Optional[list]           # L + 1 tensors (B, T, H), or None
+    attentions: Optional[list]              # L tensors (B, nh, T, T), or None
 
 
 class MobileBertModel(MobileBertPreTrainedModel):
@@ -420,13 +461,14 @@ class MobileBertModel(MobileBertPreTrainedModel):
         self.pooler = MobileBertPooler(config) if add_pooling_layer else None
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-                output_hidden_states: bool = False) -> MobileBertEncoderOutput:
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> MobileBertEncoderOutput:
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, attention_mask)  # (B, T, H)
         attention_bias = attention_bias_from_mask(attention_mask, embeddings.dtype)
-        sequence_output, hidden_states = self.encoder(embeddings, attention_bias, output_hidden_states)
+        sequence_output, hidden_states, attentions = self.encoder(embeddings, attention_bias, output_hidden_states,
+                                                                  output_attentions)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        return MobileBertEncoderOutput(sequence_output, pooled_output, hidden_states)
+        return MobileBertEncoderOutput(sequence_output, pooled_output, hidden_states, attentions)
 
 
 # ----------------------------------------------------------------------------------------
@@ -501,9 +543,11 @@ class MobileBertForMaskedLM(MobileBertPreTrainedModel):
         self.cls = MobileBertOnlyMLMHead(config)
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
-        sequence_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).sequence_output
-        return self.cls.predictions(sequence_output, self.mobilebert.embeddings.word_embeddings.weight)
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        backbone = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        logits = self.cls.predictions(backbone.sequence_output, self.mobilebert.embeddings.word_embeddings.weight)
+        return self.with_internals(logits, backbone, output_hidden_states or output_attentions)                          # (B, T, V)
 
 
 class MobileBertForPreTraining(MobileBertPreTrainedModel):
@@ -515,11 +559,18 @@ class MobileBertForPreTraining(MobileBertPreTrainedModel):
         self.cls = MobileBertPreTrainingHeads(config)
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None) -> PreTrainingOutput:
-        sequence_output, pooled_output, _ = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids)
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, masked_positions=None,
+                *, output_hidden_states: bool = False, output_attentions: bool = False):
+        """masked_positions (B, P) int64: the MLM head runs on those P positions only and
+        prediction_logits are (B, P, V) (pretraining predicts ~15% of the tokens); else (B, T, V)."""
+        backbone = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        sequence_output = backbone.sequence_output                                   # (B, T, H)
+        if masked_positions is not None:
+            sequence_output = paddle.take_along_axis(sequence_output, masked_positions.unsqueeze(-1), axis=1)  # (B, P, H)
         word_embeddings = self.mobilebert.embeddings.word_embeddings.weight
-        return PreTrainingOutput(self.cls.predictions(sequence_output, word_embeddings),
-                                 self.cls.seq_relationship(pooled_output))
+        output = PreTrainingOutput(self.cls.predictions(sequence_output, word_embeddings),
+                                   self.cls.seq_relationship(backbone.pooled_output))
+        return self.with_internals(output, backbone, output_hidden_states or output_attentions)
 
 
 class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
@@ -531,9 +582,10 @@ class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
         self.cls = MobileBertOnlyNSPHead(config)
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
-        pooled_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).pooled_output
-        return self.cls.seq_relationship(pooled_output)                             # (B, 2)
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        backbone = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        return self.with_internals(self.cls.seq_relationship(backbone.pooled_output), backbone, output_hidden_states or output_attentions)  # (B, 2)
 
 
 class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
@@ -548,9 +600,11 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
-        pooled_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).pooled_output
-        return self.classifier(self.dropout(pooled_output))                         # (B, num_labels)
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        backbone = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        logits = self.classifier(self.dropout(backbone.pooled_output))              # (B, num_labels)
+        return self.with_internals(logits, backbone, output_hidden_states or output_attentions)
 
 
 class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
@@ -562,11 +616,11 @@ class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
-                position_ids=None) -> QuestionAnsweringOutput:
-        sequence_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).sequence_output
-        logits = self.qa_outputs(sequence_output)                                    # (B, T, 2)
-        return QuestionAnsweringOutput(logits[:, :, 0], logits[:, :, 1])
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        backbone = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        logits = self.qa_outputs(backbone.sequence_output)                           # (B, T, 2)
+        return self.with_internals(QuestionAnsweringOutput(logits[:, :, 0], logits[:, :, 1]), backbone, output_hidden_states or output_attentions)
 
 
 class MobileBertForTokenClassification(MobileBertPreTrainedModel):
@@ -579,9 +633,11 @@ class MobileBertForTokenClassification(MobileBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
-        sequence_output = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids).sequence_output
-        return self.classifier(self.dropout(sequence_output))                       # (B, T, num_labels)
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        backbone = self.mobilebert(input_ids, token_type_ids, attention_mask, position_ids, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        logits = self.classifier(self.dropout(backbone.sequence_output))            # (B, T, num_labels)
+        return self.with_internals(logits, backbone, output_hidden_states or output_attentions)
 
 
 class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
@@ -596,15 +652,18 @@ class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        """Hidden states and attentions, when requested, are over the flattened (B * C) rows."""
         num_choices = input_ids.shape[1]
 
         def flatten(tensor):  # (B, C, T) -> (B * C, T)
             return None if tensor is None else tensor.reshape([-1, tensor.shape[-1]])
 
-        pooled_output = self.mobilebert(flatten(input_ids), flatten(token_type_ids), flatten(attention_mask),
-                                        flatten(position_ids)).pooled_output
-        return self.classifier(self.dropout(pooled_output)).reshape([-1, num_choices])  # (B, C)
+        backbone = self.mobilebert(flatten(input_ids), flatten(token_type_ids), flatten(attention_mask),
+                                   flatten(position_ids), output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        logits = self.classifier(self.dropout(backbone.pooled_output)).reshape([-1, num_choices])  # (B, C)
+        return self.with_internals(logits, backbone, output_hidden_states or output_attentions)
 
 
 HEADS = {cls.architecture: cls for cls in (

@@ -13,7 +13,7 @@ import torch
 
 import mobilebert_paddle as mbp
 from mobilebert_paddle.model import HEADS
-from reference import (HF_HEADS, VARIANTS, make_hf_model, padded_batch, paired_outputs, relative_error,
+from reference import (HF_HEADS, VARIANTS, make_hf_model, padded_batch, paired_outputs, perturb, relative_error,
                        run_paddle, run_torch, save_hf)
 
 TOLERANCE = 1e-5
@@ -107,3 +107,146 @@ def test_base_checkpoint_into_head_initialises_head(tmp_path, caplog):
     base = mbp.MobileBertModel.from_pretrained(tmp_path / "hf")
     word = "embeddings.word_embeddings.weight"
     np.testing.assert_array_equal(qa.mobilebert.state_dict()[word].numpy(), base.state_dict()[word].numpy())
+
+
+# ----------------------------------------------------------------------------------------
+# Hidden states and attention maps (distillation reads both), and Google's IB-BERT layout
+# ----------------------------------------------------------------------------------------
+
+def assert_internals_equal(hf_model, paddle_model, batch, head):
+    """hidden_states (embeddings + every layer) and attention probabilities equal HF's."""
+    with torch.no_grad():
+        torch_output = hf_model(**{key: torch.from_numpy(value) for key, value in batch.items()},
+                                output_hidden_states=True, output_attentions=True)
+    paddle_model.eval()
+    with paddle.no_grad():
+        wrapped = paddle_model(**{key: paddle.to_tensor(value) for key, value in batch.items()},
+                               output_hidden_states=True, output_attentions=True)
+    layers = hf_model.config.num_hidden_layers
+    assert len(wrapped.hidden_states) == len(torch_output.hidden_states) == layers + 1
+    assert len(wrapped.attentions) == len(torch_output.attentions) == layers
+    token_mask = batch["attention_mask"].astype(bool)
+    for index, (ours, theirs) in enumerate(zip(wrapped.hidden_states, torch_output.hidden_states)):
+        error = relative_error(ours.numpy(), theirs.numpy(), token_mask)
+        assert error <= TOLERANCE, f"{head} hidden state {index}: relative error {error:.3g}"
+    # Attention rows of real query tokens; masked keys hold exact zeros on both sides.
+    query_mask = token_mask[:, None, :, None]
+    for index, (ours, theirs) in enumerate(zip(wrapped.attentions, torch_output.attentions)):
+        ours, theirs = ours.numpy(), theirs.numpy()
+        assert ours.shape == theirs.shape == (*batch["input_ids"].shape[:1], hf_model.config.num_attention_heads,
+                                              batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+        error = np.abs(np.where(query_mask, ours - theirs, 0)).max() / np.abs(theirs).max()
+        assert error <= TOLERANCE, f"{head} attention {index}: relative error {error:.3g}"
+        np.testing.assert_allclose(ours.sum(-1), 1.0, rtol=1e-5)
+    # The head's own output is unchanged by asking for internals.
+    plain = run_paddle(paddle_model, batch)
+    head_output = wrapped if head == "MobileBertModel" else wrapped.output   # the backbone carries them itself
+    for ours, theirs in zip(tensors_of(head_output), tensors_of(plain), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def tensors_of(output) -> list:
+    if isinstance(output, paddle.Tensor):
+        return [output.numpy()]
+    return [item.numpy() for item in output if isinstance(item, paddle.Tensor)]
+
+
+@pytest.mark.parametrize("variant", ["default", "layer_norm", "bottleneck_attention", "no_bottleneck", "four_ffn"])
+@pytest.mark.parametrize("head", ["MobileBertModel", "MobileBertForPreTraining", "MobileBertForQuestionAnswering"])
+def test_hidden_states_and_attentions_equal_hf(head, variant, tmp_path):
+    hf_model = make_hf_model(head, attn_implementation="eager", **VARIANTS[variant])
+    paddle_model = convert_to_paddle(hf_model, tmp_path, head)
+    assert_internals_equal(hf_model, paddle_model, padded_batch(hf_model.config.vocab_size), head)
+
+
+def test_internals_not_requested_change_nothing(tmp_path):
+    hf_model = make_hf_model("MobileBertForSequenceClassification")
+    paddle_model = convert_to_paddle(hf_model, tmp_path, "MobileBertForSequenceClassification")
+    batch = padded_batch(hf_model.config.vocab_size)
+    output = run_paddle(paddle_model, batch)
+    assert isinstance(output, paddle.Tensor)          # no wrapper unless asked
+    backbone = paddle_model.mobilebert(paddle.to_tensor(batch["input_ids"]))
+    assert backbone.hidden_states is None and backbone.attentions is None
+
+
+# IB-BERT (Google's uncased_L-24_H-1024_B-512_A-4 layout), tiny: the block input (H) is narrower
+# than the block's inside (I), and queries, keys and values all read the H-wide block input.
+IB_BERT_TINY = dict(hidden_size=32, intra_bottleneck_size=48, intermediate_size=64, embedding_size=16,
+                    num_feedforward_networks=1, use_bottleneck=True, use_bottleneck_attention=False,
+                    key_query_shared_bottleneck=False, normalization_type="layer_norm", hidden_act="gelu_new",
+                    num_attention_heads=4)
+
+
+def make_ib_bert_reference(head: str, seed: int = 0):
+    """HF's MobileBERT with the query/key Linear layers rebuilt to read hidden_size: HF's forward
+    already feeds them the block input in this layout, only their shapes are I wide."""
+    hf_model = make_hf_model(head, seed=seed, attn_implementation="eager", **IB_BERT_TINY)
+    config = hf_model.config
+    for layer in (hf_model.mobilebert if hasattr(hf_model, "mobilebert") else hf_model).encoder.layer:
+        attention = layer.attention.self
+        attention.query = torch.nn.Linear(config.hidden_size, config.true_hidden_size)
+        attention.key = torch.nn.Linear(config.hidden_size, config.true_hidden_size)
+    perturb(hf_model, seed)
+    return hf_model.eval()
+
+
+@pytest.mark.parametrize("head", ["MobileBertModel", "MobileBertForPreTraining", "MobileBertForQuestionAnswering"])
+def test_ib_bert_layout_equals_reference(head, tmp_path):
+    hf_model = make_ib_bert_reference(head)
+    paddle_model = convert_to_paddle(hf_model, tmp_path, head)
+    query = paddle_model.state_dict()[f"{'' if head == 'MobileBertModel' else 'mobilebert.'}"
+                                      "encoder.layer.0.attention.self.query.weight"]
+    assert query.shape == [32, 48]                    # [in = hidden_size, out = intra_bottleneck_size]
+    batch = padded_batch(hf_model.config.vocab_size)
+    assert_parity(head, hf_model, paddle_model, batch)
+    assert_internals_equal(hf_model, paddle_model, batch, head)
+
+
+def test_ib_bert_round_trip_to_hf_layout(tmp_path):
+    """Paddle -> HF-named layout -> Paddle is bit-identical; the summary says transformers cannot load it."""
+    from mobilebert_paddle.convert import convert
+
+    hf_model = make_ib_bert_reference("MobileBertForPreTraining")
+    save_hf(hf_model, tmp_path / "hf")
+    first = convert(tmp_path / "hf", tmp_path / "paddle")
+    back = convert(tmp_path / "paddle", tmp_path / "hf-again", to="hf")
+    assert "transformers" in back["note"] and "note" in first
+    again = convert(tmp_path / "hf-again", tmp_path / "paddle-again")
+    assert again["tensors"] == first["tensors"]
+    from safetensors.numpy import load_file
+
+    ours, twice = load_file(tmp_path / "paddle" / "model.safetensors"), load_file(tmp_path / "paddle-again" / "model.safetensors")
+    assert ours.keys() == twice.keys()
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], twice[key], err_msg=key)
+    theirs = {key: value.numpy() for key, value in hf_model.state_dict().items()}
+    reloaded = load_file(tmp_path / "hf-again" / "model.safetensors")
+    for key, value in reloaded.items():
+        np.testing.assert_array_equal(value, theirs[key], err_msg=key)
+
+
+@pytest.mark.parametrize("preset", ["mobilebert", "mobilebert-tiny", "ib-bert"])
+def test_presets_build_google_configs(preset):
+    """Google's released configs, at full size: backbone parameter counts within 5% of the paper's
+    (MobileBERT 25.3M, MobileBERT-TINY 15.1M, IB-BERT_LARGE 293M; measured 24.6M, 15.5M, 294.5M)."""
+    from mobilebert_paddle.config import load_config
+
+    config = load_config(preset)
+    assert config.num_hidden_layers == 24 and config.hidden_size == 512 and config.vocab_size == 30522
+    expected = {"mobilebert": 25.3e6, "mobilebert-tiny": 15.1e6, "ib-bert": 293e6}[preset]
+    with paddle.LazyGuard():
+        model = mbp.MobileBertModel(config)
+    count = sum(int(np.prod(parameter.shape)) for parameter in model.parameters())
+    assert abs(count - expected) / expected < 0.05, count
+    assert (config.transformers_incompatibility() is None) == (preset != "ib-bert")
+
+
+def test_load_config_refuses_unknown_spec(tmp_path):
+    from mobilebert_paddle.config import load_config
+    from mobilebert_paddle.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="neither a preset"):
+        load_config(tmp_path / "missing.json")
+    (tmp_path / "config.json").write_text('{"hidden_size": 64, "embedding_size": 32, "intra_bottleneck_size": 32, "num_attention_heads": 4}')
+    assert load_config(tmp_path).hidden_size == 64
+    assert load_config(tmp_path / "config.json").intra_bottleneck_size == 32

@@ -197,7 +197,7 @@ def test_parameter_groups(name, group):
 
 TINY = dict(vocab_size=30, hidden_size=16, embedding_size=8, intra_bottleneck_size=8, intermediate_size=16,
             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16, num_feedforward_networks=1)
-TEACHER = dict(TINY, intra_bottleneck_size=16, intermediate_size=32, use_bottleneck_attention=False,
+TEACHER = dict(TINY, intra_bottleneck_size=32, intermediate_size=64, use_bottleneck_attention=False,
                key_query_shared_bottleneck=False, normalization_type="layer_norm", hidden_act="gelu")
 
 

@@ -46,6 +46,10 @@ COMMANDS: dict[str, Command] = {
                       "export a static Paddle inference model or ONNX (optionally fused / int8)"),
     "squad-eval": Command("mobilebert_paddle.metrics", "add_squad_eval_arguments", "run_squad_eval",
                           "drop-in for the official SQuAD v1.1/v2.0 evaluation script"),
+    "pretrain-data": Command("mobilebert_paddle.corpus", "add_arguments", "run",
+                             "raw text (one sentence a line, blank line between documents) -> token shards for pretrain"),
+    "pretrain": Command("mobilebert_paddle.pretraining", "add_pretrain_arguments", "run_pretrain",
+                        "pretrain a model (IB-BERT teacher or any config) on masked LM + next sentence prediction"),
     "bench": Command("mobilebert_paddle.bench", "add_arguments", "run",
                      "latency/throughput of every inference path against HF PyTorch, side by side"),
 }

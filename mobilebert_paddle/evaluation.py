@@ -42,15 +42,22 @@ def as_output_tuple(outputs: Any) -> tuple[np.ndarray, ...]:
 
 
 def eager_predictor(model) -> Predictor:
-    """Run a Paddle model (no gradients, eval mode for the call, training mode restored after)."""
+    """Run a Paddle model (no gradients, eval mode for the call, training mode restored after).
+    The model gets the three inputs and any other array of the batch its forward takes by name
+    (pretraining's masked_positions); labels in the batch stay for Task.batch_outputs."""
+    import inspect
+
     import paddle
 
+    accepted = set(inspect.signature(model.forward).parameters)
+
     def predict(batch: dict) -> tuple[np.ndarray, ...]:
+        names = [name for name in batch if name in MODEL_INPUT_NAMES or name in accepted]
         was_training = model.training
         model.eval()
         try:
             with paddle.no_grad():
-                outputs = model(**{name: paddle.to_tensor(batch[name]) for name in MODEL_INPUT_NAMES})
+                outputs = model(**{name: paddle.to_tensor(batch[name]) for name in names})
         finally:
             if was_training:
                 model.train()
@@ -60,17 +67,25 @@ def eager_predictor(model) -> Predictor:
 
 
 def run_predictor(predictor: Predictor, inputs: dict[str, np.ndarray], batch_size: int,
-                  description: str | None = None, progress: bool = True) -> tuple[np.ndarray, ...]:
-    """All rows through the predictor in batches; outputs concatenated along the batch axis."""
+                  description: str | None = None, progress: bool = True,
+                  keep: Callable[[dict, tuple], tuple] | None = None) -> tuple[np.ndarray, ...]:
+    """All rows through the predictor in batches; outputs concatenated along the batch axis.
+    Integer arrays go in as int64, others as they are; `keep(batch, outputs)` reduces each
+    batch's outputs to what is kept (e.g. pretraining's (B, P, V) logits to (B, P) scores)."""
     from .progress import progress_bar
 
     count = len(inputs["input_ids"])
     chunks: list[tuple[np.ndarray, ...]] = []
     for start in progress_bar(range(0, count, batch_size), desc=description, leave=False, disable=not progress,
                               unit="batch"):
-        batch = {name: inputs[name][start:start + batch_size].astype(np.int64) for name in MODEL_INPUT_NAMES}
-        chunks.append(as_output_tuple(predictor(batch)))
+        batch = {name: as_batch_array(array[start:start + batch_size]) for name, array in inputs.items()}
+        outputs = as_output_tuple(predictor(batch))
+        chunks.append(keep(batch, outputs) if keep else outputs)
     return tuple(np.concatenate([chunk[index] for chunk in chunks]) for index in range(len(chunks[0])))
+
+
+def as_batch_array(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.int64) if np.issubdtype(array.dtype, np.integer) else np.asarray(array)
 
 
 def evaluate_task(task: Task, predictor: Predictor, eval_sets: Sequence[EvalSet], settings: TaskSettings,
@@ -79,7 +94,8 @@ def evaluate_task(task: Task, predictor: Predictor, eval_sets: Sequence[EvalSet]
     """Run every eval set through the predictor and score it with the task's metric."""
     outputs = []
     for eval_set in eval_sets:
-        set_outputs = run_predictor(predictor, eval_set.model_inputs(), batch_size, f"eval {eval_set.name}", progress)
+        set_outputs = run_predictor(predictor, eval_set.model_inputs(), batch_size, f"eval {eval_set.name}", progress,
+                                    keep=task.batch_outputs)
         outputs.append(task.align_outputs(set_outputs, id2label) if id2label else set_outputs)
     return task.score(eval_sets, outputs, settings)
 
@@ -228,11 +244,14 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     task = get_task(args.task)
     output = check_creatable_dir(args.output)    # created only when there is something to write
     check_positive(batch_size=args.batch_size)
+    if task.eager_only and args.backend != "eager":
+        raise UserInputError(f"--backend {args.backend}: {task.name} is evaluated on the Paddle model (--backend eager)")
     if args.backend == "eager":
         select_device(args.device)
     model = load_inference_model(args.model, task.head, args.backend)
-    settings = TaskSettings.from_args(args, task, model.config)
-    check_sequence_length(settings.max_seq_length, model.config, args.model)
+    settings = task.settings_from_args(args, model.config)
+    if getattr(settings, "max_seq_length", None) is not None:    # pretraining rows come from the data as cut
+        check_sequence_length(settings.max_seq_length, model.config, args.model)
     sources = [f"hub:{split}" for split in task.hub_dev_splits] if args.data == ["hub"] else args.data
     eval_sets = load_eval_sets(task, sources, model.tokenizer, settings)
     result = evaluate_task(task, model.predictor, eval_sets, settings, args.batch_size, model.config.id2label)

@@ -95,9 +95,12 @@ class EvalSet:
     source: str                   # the file (or "hub:<split>") it came from
     examples: Sequence[Any]
     rows: Any
+    # Arrays run_predictor batches: the model inputs, plus what Task.batch_outputs reads
+    # (pretraining: masked positions and labels). The predictor passes on what the model takes.
+    input_names: tuple[str, ...] = MODEL_INPUT_NAMES
 
     def model_inputs(self) -> dict[str, np.ndarray]:
-        return {name: self.rows[name] for name in MODEL_INPUT_NAMES}
+        return {name: self.rows[name] for name in self.input_names}
 
 
 @dataclass
@@ -119,7 +122,20 @@ class EvalResult:
 # --------------------------------------------------------------------------------------------
 
 class Task:
-    """What the trainer and the evaluator ask of a task."""
+    """What the trainer and the evaluator ask of a task.
+
+    Training hooks (train.Trainer calls only these; the defaults serve SQuAD and GLUE, whose
+    rows are an in-memory dict of numpy arrays):
+      num_rows(data)                              rows the sampler draws from
+      make_batch(data, row_indices, step)         -> (inputs, labels): dicts of Paddle tensors for
+                                                  those rows, built when the batch is drawn (`step`,
+                                                  the optimizer step from 0, keys per-step randomness)
+      compute_loss(model, inputs, labels, step)   -> (per-row loss (b,), parts {name: (b,) tensor});
+                                                  may run more than the model (a frozen teacher)
+      learning_rate_multipliers(model, step)      -> {parameter path: multiplier} (others: 1)
+    Loss and parts are summed over the global batch and divided by its row count; parts are
+    logged beside the loss. A task whose data or settings belong to one run is built per run.
+    """
 
     name: str
     head: str            # model class name in model.HEADS
@@ -127,6 +143,43 @@ class Task:
     recipe: Recipe
     label_names: tuple[str, ...]   # row arrays the loss reads
     hub_dev_splits: tuple[str, ...] = ("validation",)
+    eager_only: bool = False       # evaluation needs the Paddle model (no exported backend)
+    finetunable: bool = True       # a `finetune` task (pretraining has its own command)
+
+    # ----- training hooks (see the class docstring) ------------------------------------------
+
+    def num_rows(self, data) -> int:
+        return len(data["input_ids"])
+
+    def make_batch(self, data, row_indices: np.ndarray, step: int) -> tuple[dict, dict]:
+        import paddle
+
+        inputs = {name: paddle.to_tensor(data[name][row_indices].astype(np.int64)) for name in MODEL_INPUT_NAMES}
+        labels = {name: paddle.to_tensor(data[name][row_indices]) for name in self.label_names}
+        return inputs, labels
+
+    def compute_loss(self, model, inputs: dict, labels: dict, step: int) -> tuple[Any, dict]:
+        return self.per_example_loss(model(**inputs), labels), {}
+
+    def learning_rate_multipliers(self, model, step: int) -> dict[str, float]:
+        return {}
+
+    def settings_from_args(self, args: Any, model_config: Any = None) -> Any:
+        """The task's settings from the flags (and the model's stored ones, for evaluate)."""
+        return TaskSettings.from_args(args, self, model_config)
+
+    def remember_settings(self, model, settings: Any) -> None:
+        """Store the training settings in the model's config.json, so that evaluate, predict and
+        export use them by default."""
+        from dataclasses import asdict
+
+        model.config.extra["task_settings"] = asdict(settings)
+
+    def batch_outputs(self, batch: dict[str, np.ndarray], outputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """What evaluation keeps of one batch's outputs (all of them by default)."""
+        return outputs
+
+    # ----- data and scoring --------------------------------------------------------------------
 
     def model_class(self):
         from .model import HEADS
@@ -472,7 +525,8 @@ def _build_registry() -> dict[str, Task]:
 
 
 TASKS: dict[str, Task] = _build_registry()
-TASK_NAMES = tuple(TASKS)
+TASK_NAMES = tuple(TASKS)                    # `evaluate` takes every task
+FINETUNE_TASK_NAMES = tuple(name for name, task in TASKS.items() if task.finetunable)
 
 
 def get_task(name: str) -> Task:
@@ -487,7 +541,7 @@ def recipe_table() -> str:
                      f"decay_ratio {task.recipe.decay_ratio:g}, eval_steps {task.recipe.eval_steps or 'per epoch'}"
                      + (f", null_score_diff_threshold {task.recipe.null_score_diff_threshold:g}"
                         if task.recipe.null_score_diff_threshold else "")
-                     for name, task in TASKS.items())
+                     for name, task in TASKS.items() if task.finetunable)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
-"""`mobilebert finetune`: the one training loop, for every task of tasks.py.
+"""`mobilebert finetune`: the one training loop, for every task of tasks.py (fine-tuning,
+pretraining.py's MLM + NSP, distillation).
 
-The loop knows nothing about SQuAD or GLUE: the task gives rows (numpy arrays), a per-row
-loss and a scorer. What the loop adds is what a run needs to be trusted:
+The loop knows nothing about SQuAD, GLUE or masked LM: the task gives the row count, builds
+each batch from (row indices, step) when it is drawn, computes a per-row loss (and parts to
+log), may set per-parameter learning-rate multipliers per step, and scores dev data (the
+hooks are listed in tasks.Task). What the loop adds is what a run needs to be trusted:
 
 * the MobileBert_paddle recipe as defaults (AdamW 0.9/0.98/1e-6, decay 0.1 off biases and
   norms, lr 8e-5, batch 64, 6 epochs, 10% warmup then cosine to min_lr at decay_ratio, seed 42);
+  LAMB (--optimizer lamb, Google's choice for pretraining) with the same decay exclusions;
 * the attention mask passed at every step (the reproduction we replace trained without it);
 * `--batch-size` is the *global* batch of one optimizer step. Each epoch's order depends on
   the seed and the epoch only, global batch k is the same rows for any number of processes,
@@ -37,7 +41,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +55,7 @@ from .evaluation import (add_task_settings_arguments, check_sequence_length, eag
                          select_device, write_evaluation)
 from .files import (atomic_directory, atomic_write_json, atomic_write_safetensors, atomic_write_text,
                     check_creatable_dir, ensure_writable_dir, read_json, recover_directory)
-from .tasks import (MODEL_INPUT_NAMES, TASK_NAMES, Task, TaskSettings, dev_sources, get_task, load_eval_sets,
+from .tasks import (FINETUNE_TASK_NAMES, Task, TaskSettings, dev_sources, get_task, load_eval_sets,
                     read_train_examples, recipe_table)
 
 logger = logging.getLogger(__name__)
@@ -61,7 +65,8 @@ FP16_REFUSAL = ("--amp fp16 is refused: MobileBERT's activations reach ~1e7, far
 CHECKPOINT_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.safetensors"
 # Values that must not change when a run is resumed (they fix the data order and the schedule).
-RESUME_INVARIANTS = ("task", "batch_size", "seed", "train_rows", "total_steps", "steps_per_epoch")
+RESUME_INVARIANTS = ("task", "batch_size", "seed", "train_rows", "total_steps", "steps_per_epoch", "optimizer")
+OPTIMIZERS = ("adamw", "lamb")
 
 
 class NonFiniteLossError(UserInputError):
@@ -74,7 +79,7 @@ class NonFiniteLossError(UserInputError):
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Per-task recipe defaults: " + recipe_table() + "."
-    parser.add_argument("task", choices=TASK_NAMES, help="what to fine-tune for")
+    parser.add_argument("task", choices=FINETUNE_TASK_NAMES, help="what to fine-tune for")
     parser.add_argument("--model", required=True,
                         help="starting point: Paddle model dir, HF dir or hub id (e.g. google/mobilebert-uncased)")
     parser.add_argument("--output", required=True,
@@ -89,6 +94,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", choices=("files", "hub"), default="files",
                       help="hub: the task's HF hub dataset (needs the optional `datasets` package and a connection)")
     optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                       help="adamw, or lamb (layer-wise trust ratio; for large batches)")
     optim.add_argument("--learning-rate", type=float, default=8e-5, help="peak learning rate")
     optim.add_argument("--batch-size", type=int, default=64,
                        help="global batch of one optimizer step, over all processes and accumulation steps")
@@ -107,10 +114,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fraction of the steps at which the decay reaches --min-lr "
                             "[default: 0.7 squad1, 0.9 others]%(default).0s")
     optim.add_argument("--weight-decay", type=float, default=0.1,
-                       help="AdamW decoupled weight decay (never on biases or norms)")
-    optim.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW first-moment decay")
-    optim.add_argument("--adam-beta2", type=float, default=0.98, help="AdamW second-moment decay")
-    optim.add_argument("--adam-epsilon", type=float, default=1e-6, help="AdamW denominator epsilon")
+                       help="AdamW / LAMB decoupled weight decay (never on biases or norms)")
+    optim.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW / LAMB first-moment decay")
+    optim.add_argument("--adam-beta2", type=float, default=0.98, help="AdamW / LAMB second-moment decay")
+    optim.add_argument("--adam-epsilon", type=float, default=1e-6, help="AdamW / LAMB denominator epsilon")
     optim.add_argument("--max-grad-norm", type=float, default=0.0,
                        help="clip the global gradient norm to this; 0 = no clipping (the recipe did not clip)")
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1,
@@ -168,7 +175,8 @@ def resolve_config(args: argparse.Namespace, task: Task) -> argparse.Namespace:
 class GlobalBatchSampler(DistributedBatchSampler):
     """Batches that do not depend on the number of processes.
 
-    Epoch e visits the rows in the order RandomState((seed, e)).permutation(N); global batch
+    Epoch e visits the rows in the order RandomState((seed, e)).permutation(N) (held as int32
+    below 2**31 rows: 4 bytes a row, ~100 MB for a 26M-instance corpus); global batch
     k is rows [k*B, (k+1)*B) of that order, and process r takes the r-th of `num_replicas`
     near-equal slices of it. A last global batch too small to give every process (and every
     accumulation step) a row is dropped. Paddle's own sampler pads with repeated rows and
@@ -184,7 +192,10 @@ class GlobalBatchSampler(DistributedBatchSampler):
         self.order = self.epoch_order(0)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.RandomState([self.seed, epoch]).permutation(self.num_rows)
+        # shuffle(arange) draws exactly what permutation(N) draws: the same order in half the memory.
+        order = np.arange(self.num_rows, dtype=np.int32 if self.num_rows < 2**31 else np.int64)
+        np.random.RandomState([self.seed, epoch]).shuffle(order)
+        return order
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch or self.order is None:
@@ -239,12 +250,32 @@ def no_decay_parameter_names(model) -> set[str]:
     return names
 
 
-def build_optimizer(model, scheduler, config) -> paddle.optimizer.AdamW:
+def build_optimizer(model, scheduler, config) -> paddle.optimizer.Optimizer:
+    """AdamW or LAMB over every parameter; neither decays biases or norm weights (LAMB also
+    skips its trust ratio for them, as Google's LAMB does). A parameter's learning rate is the
+    schedule's times its multiplier (set_learning_rate_multipliers)."""
     no_decay = no_decay_parameter_names(model)
+    if getattr(config, "optimizer", "adamw") == "lamb":
+        return paddle.optimizer.Lamb(learning_rate=scheduler, lamb_weight_decay=config.weight_decay,
+                                     beta1=config.adam_beta1, beta2=config.adam_beta2, epsilon=config.adam_epsilon,
+                                     parameters=model.parameters(),
+                                     exclude_from_weight_decay_fn=lambda param: param.name in no_decay)
     return paddle.optimizer.AdamW(learning_rate=scheduler, beta1=config.adam_beta1, beta2=config.adam_beta2,
                                   epsilon=config.adam_epsilon, parameters=model.parameters(),
                                   weight_decay=config.weight_decay,
                                   apply_decay_param_fun=lambda name: name not in no_decay)
+
+
+def set_learning_rate_multipliers(model, multipliers: dict[str, float]) -> None:
+    """Scale each named parameter's learning rate (the others get 1). Paddle's optimizers read
+    `optimize_attr["learning_rate"]` at every step and use schedule x multiplier for the update
+    and the decoupled weight decay alike, so a multiplier of 0 leaves a parameter bit-identical
+    (tests/test_pretraining.py checks AdamW and LAMB)."""
+    unknown = set(multipliers) - {path for path, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(f"learning-rate multipliers for no parameter of the model: {sorted(unknown)[:4]}")
+    for path, param in model.named_parameters():
+        param.optimize_attr["learning_rate"] = float(multipliers.get(path, 1.0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,20 +404,25 @@ class TrainState:
     skipped_steps: int = 0
     loss_sum: float = 0.0          # since the last train log line
     loss_steps: int = 0
+    part_sums: dict[str, float] = field(default_factory=dict)   # the task's loss parts, same span
     last_loss: float | None = None
     last_eval_step: int | None = None
 
 
 class Trainer:
-    def __init__(self, task: Task, config, model, tokenizer, rows: dict[str, np.ndarray], eval_sets, output: Path):
+    """`data` is whatever the task's hooks read (tasks.Task): an in-memory dict of arrays for
+    SQuAD / GLUE, memory-mapped token shards for pretraining."""
+
+    def __init__(self, task: Task, config, model, tokenizer, data, eval_sets, output: Path):
         self.task, self.config, self.raw_model, self.tokenizer = task, config, model, tokenizer
-        self.rows, self.eval_sets, self.output = rows, eval_sets, output
-        self.settings = TaskSettings.from_args(config, task)
-        remember_task_settings(model, self.settings)
+        self.data, self.eval_sets, self.output = data, eval_sets, output
+        self.num_rows = task.num_rows(data)
+        self.settings = task.settings_from_args(config)
+        task.remember_settings(model, self.settings)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self.model = paddle.DataParallel(model) if self.world_size > 1 else model
-        self.sampler = GlobalBatchSampler(len(rows["input_ids"]), config.batch_size, config.seed,
+        self.sampler = GlobalBatchSampler(self.num_rows, config.batch_size, config.seed,
                                           min_batch_size=self.world_size * config.gradient_accumulation_steps)
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
@@ -426,46 +462,49 @@ class Trainer:
         return self.summary(resumed_from, time.time() - started) if self.is_main else None
 
     def run_step(self) -> None:
-        epoch, number = divmod(self.state.step, self.steps_per_epoch)
+        step = self.state.step                      # the step being taken, from 0
+        epoch, number = divmod(step, self.steps_per_epoch)
         self.sampler.set_epoch(epoch)
         global_count = len(self.sampler.global_batch(number))
+        set_learning_rate_multipliers(self.raw_model, self.task.learning_rate_multipliers(self.raw_model, step))
         lr = self.optimizer.get_lr()
-        loss = self.train_step(self.sampler.local_batch(number), global_count)
+        result = self.train_step(self.sampler.local_batch(number), global_count, step)
         self.state.step += 1
         self.scheduler.step()
-        if loss is not None:
+        if result is not None:
+            loss, parts = result
             self.state.loss_sum += loss
             self.state.loss_steps += 1
             self.state.last_loss = loss
+            for name, value in parts.items():
+                self.state.part_sums[name] = self.state.part_sums.get(name, 0.0) + value
         self.last_lr = lr
 
-    def train_step(self, local_rows: np.ndarray, global_count: int) -> float | None:
-        """One optimizer step on this process's rows of a global batch; the batch's mean loss, or
-        None when the update was skipped as non-finite."""
-        parts = np.array_split(local_rows, self.config.gradient_accumulation_steps)
+    def train_step(self, local_rows: np.ndarray, global_count: int, step: int) -> tuple[float, dict] | None:
+        """One optimizer step on this process's rows of a global batch: the batch's mean loss and
+        mean loss parts, or None when the update was skipped as non-finite."""
+        pieces = np.array_split(local_rows, self.config.gradient_accumulation_steps)
         scale = self.world_size / global_count        # DataParallel averages over processes
-        local_loss = 0.0
-        for number, part in enumerate(parts):
-            inputs, labels = self.batch(part)
-            with self.gradient_sync(number == len(parts) - 1):
+        local_loss, local_parts = 0.0, {}
+        for number, piece in enumerate(pieces):
+            inputs, labels = self.task.make_batch(self.data, piece, step)
+            with self.gradient_sync(number == len(pieces) - 1):
                 with self.autocast():
-                    outputs = self.model(**inputs)
-                losses = self.task.per_example_loss(outputs, labels)               # (b,)
+                    losses, parts = self.task.compute_loss(self.model, inputs, labels, step)    # (b,), {name: (b,)}
                 (losses.sum() * scale).backward()
             local_loss += float(losses.sum())
+            for name, value in parts.items():
+                local_parts[name] = local_parts.get(name, 0.0) + float(value.sum())
         self.last_grad_norm = self.gradient_norm()
-        loss_sum, nonfinite = self.all_sum([local_loss, float(not math.isfinite(local_loss))])
+        names = sorted(local_parts)                 # the same names on every process (one task)
+        loss_sum, nonfinite, *part_sums = self.all_sum(
+            [local_loss, float(not math.isfinite(local_loss))] + [local_parts[name] for name in names])
         if nonfinite or not math.isfinite(self.last_grad_norm):
             self.optimizer.clear_grad()
             return self.non_finite(loss_sum / global_count)
         self.optimizer.step()
         self.optimizer.clear_grad()
-        return loss_sum / global_count
-
-    def batch(self, rows: np.ndarray) -> tuple[dict, dict]:
-        inputs = {name: paddle.to_tensor(self.rows[name][rows].astype(np.int64)) for name in MODEL_INPUT_NAMES}
-        labels = {name: paddle.to_tensor(self.rows[name][rows]) for name in self.task.label_names}
-        return inputs, labels
+        return loss_sum / global_count, {name: value / global_count for name, value in zip(names, part_sums)}
 
     def gradient_sync(self, last_part: bool):
         """Accumulation passes skip DataParallel's all-reduce; the last one averages everything."""
@@ -508,10 +547,11 @@ class Trainer:
     def after_step(self) -> None:
         step = self.state.step
         if step % self.config.logging_steps == 0 and self.state.loss_steps:
+            parts = {name: value / self.state.loss_steps for name, value in sorted(self.state.part_sums.items())}
             self.log.record("train", step, {"epoch": round(step / self.steps_per_epoch, 4),
-                                            "loss": self.state.loss_sum / self.state.loss_steps,
+                                            "loss": self.state.loss_sum / self.state.loss_steps, **parts,
                                             "lr": self.last_lr, "grad_norm": self.last_grad_norm})
-            self.state.loss_sum, self.state.loss_steps = 0.0, 0
+            self.state.loss_sum, self.state.loss_steps, self.state.part_sums = 0.0, 0, {}
         every = self.config.eval_steps or self.steps_per_epoch
         evaluated = bool(self.eval_sets) and (step % every == 0 or step == self.total_steps)
         if evaluated:
@@ -575,8 +615,9 @@ class Trainer:
         checkpoint = read_json(last / CHECKPOINT_STATE, "trainer state")
         identity = self.run_identity()
         for key in RESUME_INVARIANTS:
-            if checkpoint["run"].get(key) != identity[key]:
-                raise UserInputError(f"{last}: cannot resume, {key} was {checkpoint['run'].get(key)} "
+            saved = checkpoint["run"].get(key, "adamw" if key == "optimizer" else None)   # before LAMB: AdamW
+            if saved != identity[key]:
+                raise UserInputError(f"{last}: cannot resume, {key} was {saved} "
                                      f"and is now {identity[key]} (same flags and data are needed)")
         load_optimizer_state(self.optimizer, self.raw_model, load_file(str(last / OPTIMIZER_STATE)),
                              checkpoint["scheduler"], last)
@@ -606,8 +647,9 @@ class Trainer:
 
     def run_identity(self) -> dict[str, Any]:
         return {"task": self.task.name, "batch_size": self.config.batch_size, "seed": self.config.seed,
-                "train_rows": len(self.rows["input_ids"]), "total_steps": self.total_steps,
-                "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size}
+                "train_rows": self.num_rows, "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
+                "optimizer": getattr(self.config, "optimizer", "adamw")}
 
     def write_train_config(self) -> None:
         if not self.is_main:
@@ -621,7 +663,8 @@ class Trainer:
     def progress_bar(self):
         from .progress import progress_bar
 
-        return progress_bar(total=self.total_steps, initial=self.state.step, desc=f"finetune {self.task.name}",
+        command = getattr(self.config, "command", "train")
+        return progress_bar(total=self.total_steps, initial=self.state.step, desc=f"{command} {self.task.name}",
                             unit="step", disable=not self.is_main)
 
     def summary(self, resumed_from: int | None, seconds: float) -> dict:
@@ -632,7 +675,7 @@ class Trainer:
                 "main_metric": None if not self.eval_sets else best_main_metric(self.task, self.eval_sets),
                 "best_value": self.state.best_value, "best_metrics": best_metrics,
                 "last_loss": self.state.last_loss, "skipped_steps": self.state.skipped_steps,
-                "resumed_from_step": resumed_from, "train_rows": len(self.rows["input_ids"]),
+                "resumed_from_step": resumed_from, "train_rows": self.num_rows,
                 "world_size": self.world_size, "seconds": round(seconds, 2)}
 
 
@@ -707,12 +750,6 @@ def load_start_model(task: Task, source: Path):
     model = task.model_class().from_pretrained(source, **task.config_changes())
     model.config.extra["finetuning_task"] = task.name
     return model
-
-
-def remember_task_settings(model, settings: TaskSettings) -> None:
-    """Store the windows / post-processing used in training in the model's config.json, so that
-    evaluate, predict and export use them by default."""
-    model.config.extra["task_settings"] = asdict(settings)
 
 
 def load_data(task: Task, config, tokenizer) -> tuple[dict[str, np.ndarray], list, str]:

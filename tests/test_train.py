@@ -91,16 +91,17 @@ def test_global_batches_are_the_same_for_any_number_of_processes(rows, batch):
     assert other_seed.epoch_order(0).tolist() != single.epoch_order(0).tolist()
 
 
-def test_optimizer_state_moves_between_processes_by_parameter_path(base_model):
-    """Paddle keys Adam moments by per-process unique names (linear_12.w_0); last/ keys them
-    by path, so a model built in another order (another process) gets its own moments back."""
+@pytest.mark.parametrize("optimizer_name", train.OPTIMIZERS)
+def test_optimizer_state_moves_between_processes_by_parameter_path(base_model, optimizer_name):
+    """Paddle keys Adam / LAMB moments by per-process unique names (linear_12.w_0); last/ keys
+    them by path, so a model built in another order (another process) gets its own moments back."""
     from mobilebert_paddle.model import MobileBertForSequenceClassification
 
     def model_and_optimizer():
         model = MobileBertForSequenceClassification.from_pretrained(base_model)
         schedule = train.WarmupDecaySchedule(1e-3, 0.0, 0, 10)
         return model, schedule, train.build_optimizer(model, schedule, parse_command_args(
-            "finetune", ["rte", "--model", "m", "--output", "o"]))
+            "finetune", ["rte", "--model", "m", "--output", "o", "--optimizer", optimizer_name]))
 
     ids = paddle.to_tensor(np.arange(2, 12).reshape(2, 5))
     model, schedule, optimizer = model_and_optimizer()
@@ -119,6 +120,36 @@ def test_optimizer_state_moves_between_processes_by_parameter_path(base_model):
     copy_optimizer.step()
     for (path, first), second in zip(model.named_parameters(), copy.parameters()):
         assert np.array_equal(first.numpy(), second.numpy()), path
+
+
+@pytest.mark.parametrize("optimizer_name", train.OPTIMIZERS)
+def test_learning_rate_multiplier_zero_leaves_parameters_bit_identical(base_model, optimizer_name):
+    """Distillation freezes layers by a multiplier of 0 (and changes multipliers per phase): the
+    update and the decoupled weight decay (0.1 here) must both leave such a parameter exactly as
+    it was, step after step, while every other parameter moves."""
+    from mobilebert_paddle.model import MobileBertForSequenceClassification
+
+    model = MobileBertForSequenceClassification.from_pretrained(base_model)
+    schedule = train.WarmupDecaySchedule(1e-2, 0.0, 0, 10)
+    optimizer = train.build_optimizer(model, schedule, parse_command_args(
+        "finetune", ["rte", "--model", "m", "--output", "o", "--optimizer", optimizer_name, "--weight-decay", "0.1"]))
+    frozen = [path for path, _ in model.named_parameters() if ".layer.0." in path]
+    start = {path: param.numpy().copy() for path, param in model.named_parameters()}
+    ids = paddle.to_tensor(np.random.RandomState(0).randint(5, 40, (4, 8)))
+    for step in range(4):
+        multipliers = {path: 0.0 for path in frozen}
+        if step >= 2:                     # the frozen layer's neighbour speeds up half-way (a phase change)
+            multipliers["classifier.weight"] = 3.0
+        train.set_learning_rate_multipliers(model, multipliers)
+        model(ids).sum().backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        schedule.step()
+    end = {path: param.numpy() for path, param in model.named_parameters()}
+    assert frozen and all(np.array_equal(start[path], end[path]) for path in frozen)
+    assert all(not np.array_equal(start[path], end[path]) for path in end if path not in frozen)
+    with pytest.raises(ValueError, match="no parameter"):
+        train.set_learning_rate_multipliers(model, {"no.such.weight": 0.0})
 
 
 def test_rng_states_round_trip_through_json():

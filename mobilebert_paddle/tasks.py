@@ -133,6 +133,12 @@ class Task:
       compute_loss(model, inputs, labels, step)   -> (per-row loss (b,), parts {name: (b,) tensor});
                                                   may run more than the model (a frozen teacher)
       learning_rate_multipliers(model, step)      -> {parameter path: multiplier} (others: 1)
+      learning_rate_schedule(config, total_steps) -> an LRScheduler, or None for the Trainer's own
+      restarts_optimizer(step)                    -> True: fresh optimizer moments from this step on
+      log_values(step)                            -> extra values for the train log line (of update `step`)
+      resume_invariants()                         -> {name: value} a resumed run must have unchanged
+      unused_parameters                           -> True if some parameters get no gradient at some
+                                                  steps (DataParallel must then look for them)
     Loss and parts are summed over the global batch and divided by its row count; parts are
     logged beside the loss. A task whose data or settings belong to one run is built per run.
     """
@@ -145,6 +151,7 @@ class Task:
     hub_dev_splits: tuple[str, ...] = ("validation",)
     eager_only: bool = False       # evaluation needs the Paddle model (no exported backend)
     finetunable: bool = True       # a `finetune` task (pretraining has its own command)
+    unused_parameters: bool = False  # see the class docstring
 
     # ----- training hooks (see the class docstring) ------------------------------------------
 
@@ -162,6 +169,18 @@ class Task:
         return self.per_example_loss(model(**inputs), labels), {}
 
     def learning_rate_multipliers(self, model, step: int) -> dict[str, float]:
+        return {}
+
+    def learning_rate_schedule(self, config: Any, total_steps: int):
+        return None
+
+    def restarts_optimizer(self, step: int) -> bool:
+        return False
+
+    def log_values(self, step: int) -> dict[str, Any]:
+        return {}
+
+    def resume_invariants(self) -> dict[str, Any]:
         return {}
 
     def settings_from_args(self, args: Any, model_config: Any = None) -> Any:

@@ -405,6 +405,7 @@ class TrainState:
     loss_sum: float = 0.0          # since the last train log line
     loss_steps: int = 0
     part_sums: dict[str, float] = field(default_factory=dict)   # the task's loss parts, same span
+    part_steps: dict[str, int] = field(default_factory=dict)    # steps each part was summed over
     last_loss: float | None = None
     last_eval_step: int | None = None
 
@@ -421,7 +422,8 @@ class Trainer:
         task.remember_settings(model, self.settings)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
-        self.model = paddle.DataParallel(model) if self.world_size > 1 else model
+        self.model = (paddle.DataParallel(model, find_unused_parameters=task.unused_parameters)
+                      if self.world_size > 1 else model)
         self.sampler = GlobalBatchSampler(self.num_rows, config.batch_size, config.seed,
                                           min_batch_size=self.world_size * config.gradient_accumulation_steps)
         self.steps_per_epoch = len(self.sampler)
@@ -429,8 +431,9 @@ class Trainer:
         self.warmup_steps = (config.warmup_steps if config.warmup_steps is not None
                              else int(config.warmup_ratio * self.total_steps))
         self.decay_steps = math.ceil(config.decay_ratio * self.total_steps)
-        self.scheduler = WarmupDecaySchedule(config.learning_rate, config.min_lr, self.warmup_steps,
-                                             self.decay_steps, config.schedule)
+        self.scheduler = (task.learning_rate_schedule(config, self.total_steps)
+                          or WarmupDecaySchedule(config.learning_rate, config.min_lr, self.warmup_steps,
+                                                 self.decay_steps, config.schedule))
         self.optimizer = build_optimizer(model, self.scheduler, config)
         self.state = TrainState()
         self.log = RunLog(output, self.is_main)
@@ -466,6 +469,8 @@ class Trainer:
         epoch, number = divmod(step, self.steps_per_epoch)
         self.sampler.set_epoch(epoch)
         global_count = len(self.sampler.global_batch(number))
+        if self.task.restarts_optimizer(step):          # e.g. distillation's stage 2: a new run's moments
+            self.optimizer = build_optimizer(self.raw_model, self.scheduler, self.config)
         set_learning_rate_multipliers(self.raw_model, self.task.learning_rate_multipliers(self.raw_model, step))
         lr = self.optimizer.get_lr()
         result = self.train_step(self.sampler.local_batch(number), global_count, step)
@@ -476,8 +481,9 @@ class Trainer:
             self.state.loss_sum += loss
             self.state.loss_steps += 1
             self.state.last_loss = loss
-            for name, value in parts.items():
+            for name, value in parts.items():        # a task's parts may change between steps
                 self.state.part_sums[name] = self.state.part_sums.get(name, 0.0) + value
+                self.state.part_steps[name] = self.state.part_steps.get(name, 0) + 1
         self.last_lr = lr
 
     def train_step(self, local_rows: np.ndarray, global_count: int, step: int) -> tuple[float, dict] | None:
@@ -547,11 +553,13 @@ class Trainer:
     def after_step(self) -> None:
         step = self.state.step
         if step % self.config.logging_steps == 0 and self.state.loss_steps:
-            parts = {name: value / self.state.loss_steps for name, value in sorted(self.state.part_sums.items())}
+            parts = {name: value / self.state.part_steps.get(name, self.state.loss_steps)
+                     for name, value in sorted(self.state.part_sums.items())}
             self.log.record("train", step, {"epoch": round(step / self.steps_per_epoch, 4),
                                             "loss": self.state.loss_sum / self.state.loss_steps, **parts,
-                                            "lr": self.last_lr, "grad_norm": self.last_grad_norm})
-            self.state.loss_sum, self.state.loss_steps, self.state.part_sums = 0.0, 0, {}
+                                            "lr": self.last_lr, "grad_norm": self.last_grad_norm,
+                                            **self.task.log_values(step - 1)})
+            self.state.loss_sum, self.state.loss_steps, self.state.part_sums, self.state.part_steps = 0.0, 0, {}, {}
         every = self.config.eval_steps or self.steps_per_epoch
         evaluated = bool(self.eval_sets) and (step % every == 0 or step == self.total_steps)
         if evaluated:
@@ -614,7 +622,7 @@ class Trainer:
         last = self.output / "last"
         checkpoint = read_json(last / CHECKPOINT_STATE, "trainer state")
         identity = self.run_identity()
-        for key in RESUME_INVARIANTS:
+        for key in (*RESUME_INVARIANTS, *self.task.resume_invariants()):
             saved = checkpoint["run"].get(key, "adamw" if key == "optimizer" else None)   # before LAMB: AdamW
             if saved != identity[key]:
                 raise UserInputError(f"{last}: cannot resume, {key} was {saved} "
@@ -649,7 +657,7 @@ class Trainer:
         return {"task": self.task.name, "batch_size": self.config.batch_size, "seed": self.config.seed,
                 "train_rows": self.num_rows, "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
-                "optimizer": getattr(self.config, "optimizer", "adamw")}
+                "optimizer": getattr(self.config, "optimizer", "adamw"), **self.task.resume_invariants()}
 
     def write_train_config(self) -> None:
         if not self.is_main:

@@ -24,15 +24,26 @@ positions per row, V vocabulary.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import math
+import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Optional
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from . import flags
 from .errors import UserInputError
+from .pretraining import (PRETRAINING_HEAD, MaskingSettings, PretrainingTask, add_training_arguments,
+                          open_data)
+from .tasks import MODEL_INPUT_NAMES
+
+logger = logging.getLogger(__name__)
 
 # Google's values (paper §4.3; run_pretraining.py flag names without the leading "--").
 DISTILL_DEFAULTS = {"hidden_distill_factor": 100.0, "attention_distill_factor": 1.0,
@@ -353,3 +364,267 @@ def copy_from_teacher(teacher, student) -> list[str]:
         for name in names:
             student_parameters[name].set_value(teacher_parameters[name].detach().clone())
     return names
+
+
+# --------------------------------------------------------------------------------------------
+# The task: both stages for the one Trainer
+# --------------------------------------------------------------------------------------------
+
+class StagedSchedule(paddle.optimizer.lr.LRScheduler):
+    """Stage 1 at the constant peak (Google's transfer runs at 1.5e-3 throughout; the layer
+    schedule's multipliers shape it); stage 2 is a new run as in Google's code: linear warmup
+    from 0 over `warmup_steps`, then a linear (or cosine) decay to `min_lr` at the last step."""
+
+    def __init__(self, peak_lr: float, min_lr: float, transfer_steps: int, warmup_steps: int, total_steps: int,
+                 shape: str = "linear"):
+        from .train import WarmupDecaySchedule
+
+        self.transfer_steps, self.peak_lr = transfer_steps, peak_lr
+        self.distill = WarmupDecaySchedule(peak_lr, min_lr, warmup_steps, total_steps - transfer_steps, shape)
+        super().__init__(learning_rate=peak_lr)
+
+    def get_lr(self) -> float:
+        if self.last_epoch < self.transfer_steps:
+            return self.peak_lr
+        self.distill.last_epoch = self.last_epoch - self.transfer_steps
+        return self.distill.get_lr()
+
+
+class DistillationTask(PretrainingTask):
+    """`pretraining` with a teacher: the same data, masking, evaluation and output head, but
+    the loss of stage 1 (layer transfer) or stage 2 (distilled MLM + NSP) by the step, and the
+    layer schedule's learning-rate multipliers. Built per run: it holds the frozen teacher."""
+
+    name = "distillation"
+    unused_parameters = True     # stage 1: the layers above l and the heads get no gradient
+
+    def __init__(self, teacher, schedule: LayerSchedule, factors: TransferFactors, ratio: float,
+                 temperature: float, masking: MaskingSettings):
+        super().__init__(masking)
+        self.teacher, self.schedule, self.factors = teacher, schedule, factors
+        self.ratio, self.temperature = ratio, temperature
+        teacher.eval()                                    # no dropout: a fixed target
+        for parameter in teacher.parameters():
+            parameter.stop_gradient = True
+
+    def compute_loss(self, model, inputs: dict, labels: dict, step: int):
+        point = self.schedule.at(step)
+        parts = (self.transfer_losses(model, inputs, point.layer) if point.stage == "transfer"
+                 else self.distillation_losses(model, inputs, labels))
+        return parts.pop("loss"), parts
+
+    def transfer_losses(self, model, inputs: dict, layer: int) -> dict:
+        """Layer `layer`'s transfer losses; hidden_states[0] is the embeddings, so layer l's output is l + 1."""
+        encoder_inputs = {name: inputs[name] for name in MODEL_INPUT_NAMES}
+        with paddle.no_grad():
+            teacher = self.teacher.mobilebert(**encoder_inputs, output_hidden_states=True, output_attentions=True)
+        student = model(**inputs, output_hidden_states=True, output_attentions=True)
+        return layer_transfer_losses(teacher.hidden_states[layer + 1], student.hidden_states[layer + 1],
+                                     teacher.attentions[layer], student.attentions[layer],
+                                     inputs["attention_mask"], self.factors)
+
+    def distillation_losses(self, model, inputs: dict, labels: dict) -> dict:
+        with paddle.no_grad():
+            teacher = self.teacher(**inputs)
+        student = model(**inputs)
+        return pretraining_distillation_losses(
+            student.prediction_logits.astype("float32"), teacher.prediction_logits.astype("float32"),
+            labels["masked_labels"], labels["masked_weights"], student.seq_relationship_logits.astype("float32"),
+            labels["next_sentence_label"], self.ratio, self.temperature)
+
+    def learning_rate_multipliers(self, model, step: int) -> dict[str, float]:
+        point = self.schedule.at(step)
+        if point.stage != "transfer":
+            return {}
+        return {path: point.multipliers[parameter_group(path)] for path, _ in model.named_parameters()}
+
+    def learning_rate_schedule(self, config, total_steps: int):
+        return StagedSchedule(config.learning_rate, config.min_lr, self.schedule.transfer_steps,
+                              config.warmup_steps, total_steps, config.schedule)
+
+    def restarts_optimizer(self, step: int) -> bool:
+        """Stage 2 starts with fresh optimizer moments, as Google's (a new run from the transfer
+        checkpoint, whose Adam/LAMB slots it does not load): moments gathered from the transfer
+        losses' gradients would otherwise scale stage 2's first thousands of updates."""
+        return 0 < step == self.schedule.transfer_steps
+
+    def log_values(self, step: int) -> dict:
+        """What metrics.jsonl's train line adds: the stage, phase and layer of update `step`."""
+        point = self.schedule.at(step)
+        return {"stage": point.stage, "phase": point.phase, "layer": point.layer}
+
+    def resume_invariants(self) -> dict:
+        return {"transfer_steps": self.schedule.transfer_steps, "layer_schedule": self.schedule.kind}
+
+
+# --------------------------------------------------------------------------------------------
+# `mobilebert distill`
+# --------------------------------------------------------------------------------------------
+
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher", required=True, metavar="DIR",
+                        help="the pretrained teacher (IB-BERT): a model dir with the pretraining heads")
+    parser.add_argument("--student", required=True, metavar="PRESET|CONFIG.json",
+                        help="the student's architecture: a preset (mobilebert, mobilebert-tiny), a config.json "
+                             "or a directory holding one; same layers, hidden_size, heads, embedding_size and "
+                             "vocabulary as the teacher")
+    parser.add_argument("--data", required=True, metavar="DATA_DIR", help="training shards (mobilebert pretrain-data)")
+    parser.add_argument("--dev", metavar="DATA_DIR", help="held-out shards evaluated during training")
+    parser.add_argument("--output", required=True, help="run dir: best/, last/, train_config.json, metrics.jsonl, vdl/")
+    stages = parser.add_argument_group("the two stages (Google's knobs and defaults)")
+    stages.add_argument("--transfer-steps", type=flags.integer(minimum=0), default=240000,
+                        help="stage 1, progressive knowledge transfer: one equal phase per layer "
+                             "(a multiple of the layer count; 0 skips the stage)")
+    stages.add_argument("--distill-steps", type=flags.integer(minimum=0), default=500000,
+                        help="stage 2, pretraining distillation (MLM + NSP, every weight trains)")
+    stages.add_argument("--layer-schedule", choices=LAYER_SCHEDULES, default="google",
+                        help="google: lr x0 before a layer's phase, x3 in it, x0.3 after, embeddings and heads x0, "
+                             "warmup at each phase start; freeze: only layer l trains in phase l")
+    factors = stages
+    factors.add_argument("--hidden-distill-factor", type=flags.number(minimum=0),
+                         default=DISTILL_DEFAULTS["hidden_distill_factor"], help="feature-map transfer weight")
+    factors.add_argument("--attention-distill-factor", type=flags.number(minimum=0),
+                         default=DISTILL_DEFAULTS["attention_distill_factor"], help="attention transfer weight")
+    factors.add_argument("--beta-distill-factor", type=flags.number(minimum=0),
+                         default=DISTILL_DEFAULTS["beta_distill_factor"], help="per-token mean transfer weight")
+    factors.add_argument("--gamma-distill-factor", type=flags.number(minimum=0),
+                         default=DISTILL_DEFAULTS["gamma_distill_factor"], help="per-token variance transfer weight")
+    factors.add_argument("--distill-ground-truth-ratio", type=flags.number(minimum=0, maximum=1),
+                         default=DISTILL_DEFAULTS["distill_ground_truth_ratio"],
+                         help="stage 2 MLM target: ratio x one-hot + (1 - ratio) x the teacher's softmax")
+    factors.add_argument("--distill-temperature", type=flags.number(above=0),
+                         default=DISTILL_DEFAULTS["distill_temperature"],
+                         help="the teacher's MLM logits are divided by this before its softmax")
+    add_training_arguments(parser, warmup_help="stage 2's linear warmup steps from 0 to the peak "
+                                               "(stage 1 runs at the peak, shaped by --layer-schedule)")
+
+
+def resolve_distill_config(args: argparse.Namespace) -> argparse.Namespace:
+    """The flags plus the trainer's fixed values (checked before any work)."""
+    from .train import FP16_REFUSAL
+
+    if args.amp == "fp16":
+        raise UserInputError(FP16_REFUSAL)
+    if args.min_lr > args.learning_rate:
+        raise UserInputError(f"--min-lr {args.min_lr} is above the peak --learning-rate {args.learning_rate}")
+    total = args.transfer_steps + args.distill_steps
+    if total == 0:
+        raise UserInputError("--transfer-steps and --distill-steps are both 0: nothing to do")
+    return argparse.Namespace(**vars(args), max_steps=total, epochs=1.0, warmup_ratio=0.0, decay_ratio=1.0)
+
+
+def read_teacher(teacher: str):
+    """(config, state dict, directory) of the teacher; it must hold the pretraining heads."""
+    from .convert import load_pretrained, resolve_source
+
+    try:
+        directory = resolve_source(teacher)
+        config, state = load_pretrained(directory)
+    except UserInputError as error:
+        raise UserInputError(f"--teacher: {error}") from None
+    lacking = [name for name in ("cls.predictions.bias", "cls.seq_relationship.weight") if name not in state]
+    if lacking:
+        raise UserInputError(f"--teacher {directory}: no pretraining heads ({', '.join(lacking)} missing); "
+                             "distill from a model trained by `mobilebert pretrain`")
+    return config, state, directory
+
+
+def read_vocabulary(directory: Path) -> dict | None:
+    """token -> id from a directory's vocab.txt (None when it has none)."""
+    from .tokenizer import VOCAB_NAME
+
+    path = Path(directory) / VOCAB_NAME
+    if not path.is_file():
+        return None
+    return {token: index for index, token in enumerate(path.read_text(encoding="utf-8").splitlines())}
+
+
+def student_vocabulary(spec: str) -> dict | None:
+    """The vocabulary beside the student's config, if it has one (a preset has none)."""
+    path = Path(spec)
+    directory = path if path.is_dir() else path.parent if path.is_file() else None
+    return read_vocabulary(directory) if directory is not None else None
+
+
+def check_run_inputs(teacher_config, teacher_dir: Path, student_config, student_spec: str, data, data_name: str):
+    """Teacher, student and data agree; each mismatch one line."""
+    check_compatible(teacher_config, student_config, read_vocabulary(teacher_dir), student_vocabulary(student_spec),
+                     teacher_name=f"--teacher {teacher_dir}", student_name=f"--student {student_spec}")
+    teacher_vocabulary, data_vocabulary = read_vocabulary(teacher_dir), read_vocabulary(data.tokenizer_dir)
+    if teacher_vocabulary is not None and data_vocabulary is not None and teacher_vocabulary != data_vocabulary:
+        raise UserInputError(f"--data {data_name}: its vocabulary differs from the teacher's ({teacher_dir})")
+    if data.max_seq_length > teacher_config.max_position_embeddings:
+        raise UserInputError(f"--data {data_name}: rows of {data.max_seq_length} tokens exceed the models' "
+                             f"max_position_embeddings {teacher_config.max_position_embeddings}")
+
+
+def build_teacher(config, state, directory: Path):
+    from .model import MobileBertForPreTraining
+
+    teacher = MobileBertForPreTraining(config)
+    teacher.load_converted_state_dict(state, source=str(directory))
+    return teacher
+
+
+def build_student(config, teacher, resume_dir: Path | None):
+    """From last/ when resuming; else new (from --seed) with the teacher's embeddings and heads."""
+    from .model import MobileBertForPreTraining
+
+    if resume_dir is not None:
+        return MobileBertForPreTraining.from_pretrained(resume_dir)
+    config.architectures = [PRETRAINING_HEAD]
+    student = MobileBertForPreTraining(config)
+    copied = copy_from_teacher(teacher, student)
+    logger.info("student: %d parameter tensors copied from the teacher (embeddings and heads)", len(copied))
+    return student
+
+
+def run_distill(args: argparse.Namespace) -> dict | None:
+    import paddle.distributed as dist
+
+    from .config import load_config
+    from .tokenizer import MobileBertTokenizer
+    from .train import CHECKPOINT_STATE, GlobalBatchSampler, Trainer, init_distributed, prepare_output, start_output
+
+    config = resolve_distill_config(args)
+    device = init_distributed(config.device)
+    if config.amp == "bf16" and device != "gpu":
+        raise UserInputError("--amp bf16 needs a GPU (on CPU, train in fp32: the default)")
+    is_main = dist.get_rank() == 0
+    output = prepare_output(config, is_main)
+    if dist.get_world_size() > 1:
+        dist.barrier()   # rank 0 has recovered / cleaned the run dir
+    teacher_config, teacher_state, teacher_dir = read_teacher(config.teacher)
+    student_config = load_config(config.student)
+    data = open_data(config.data)
+    check_run_inputs(teacher_config, teacher_dir, student_config, config.student, data, config.data)
+    schedule = LayerSchedule(student_config.num_hidden_layers, config.transfer_steps, config.layer_schedule)
+    masking = MaskingSettings.from_args(config)
+    eval_sets = []
+    if config.dev:
+        dev = open_data(config.dev)
+        check_run_inputs(teacher_config, teacher_dir, student_config, config.student, dev, config.dev)
+        eval_sets = [PretrainingTask().eval_set("dev", config.dev, dev, None, masking)]
+    minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
+    if GlobalBatchSampler.batches_per_epoch(data.num_rows, config.batch_size, minimum_rows) == 0:
+        raise UserInputError(f"{config.data}: {data.num_rows} rows make no batch of {config.batch_size} "
+                             f"(lower --batch-size)")
+    tokenizer = MobileBertTokenizer.from_pretrained(teacher_dir)
+    last = output / "last"
+    resume_dir = last if config.resume and (last / CHECKPOINT_STATE).is_file() else None
+    paddle.seed(config.seed)          # the student's initialisation: the same on every process
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    teacher = build_teacher(teacher_config, teacher_state, teacher_dir)
+    student = build_student(student_config, teacher, resume_dir)
+    factors = TransferFactors(config.hidden_distill_factor, config.attention_distill_factor,
+                              config.beta_distill_factor, config.gamma_distill_factor)
+    task = DistillationTask(teacher, schedule, factors, config.distill_ground_truth_ratio,
+                            config.distill_temperature, masking)
+    logger.info("distilling %s (%d layers) into the student: %d transfer steps (%d a layer, %s schedule), "
+                "%d distillation steps", teacher_dir, schedule.num_layers, schedule.transfer_steps,
+                schedule.steps_per_phase, schedule.kind, config.distill_steps)
+    start_output(config, output, is_main)
+    trainer = Trainer(task, config, student, tokenizer, data, eval_sets, output)
+    paddle.seed(config.seed + dist.get_rank())   # dropout: a different stream per process
+    return trainer.train(resume=config.resume)

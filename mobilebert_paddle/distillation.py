@@ -546,10 +546,8 @@ def student_vocabulary(spec: str) -> dict | None:
     return read_vocabulary(directory) if directory is not None else None
 
 
-def check_run_inputs(teacher_config, teacher_dir: Path, student_config, student_spec: str, data, data_name: str):
-    """Teacher, student and data agree; each mismatch one line."""
-    check_compatible(teacher_config, student_config, read_vocabulary(teacher_dir), student_vocabulary(student_spec),
-                     teacher_name=f"--teacher {teacher_dir}", student_name=f"--student {student_spec}")
+def check_data(teacher_config, teacher_dir: Path, data, data_name: str) -> None:
+    """The data's ids are in the teacher's vocabulary and its rows fit the position table."""
     teacher_vocabulary, data_vocabulary = read_vocabulary(teacher_dir), read_vocabulary(data.tokenizer_dir)
     if teacher_vocabulary is not None and data_vocabulary is not None and teacher_vocabulary != data_vocabulary:
         raise UserInputError(f"--data {data_name}: its vocabulary differs from the teacher's ({teacher_dir})")
@@ -596,14 +594,16 @@ def run_distill(args: argparse.Namespace) -> dict | None:
         dist.barrier()   # rank 0 has recovered / cleaned the run dir
     teacher_config, teacher_state, teacher_dir = read_teacher(config.teacher)
     student_config = load_config(config.student)
-    data = open_data(config.data)
-    check_run_inputs(teacher_config, teacher_dir, student_config, config.student, data, config.data)
+    check_compatible(teacher_config, student_config, read_vocabulary(teacher_dir), student_vocabulary(config.student),
+                     teacher_name=f"--teacher {teacher_dir}", student_name=f"--student {config.student}")
     schedule = LayerSchedule(student_config.num_hidden_layers, config.transfer_steps, config.layer_schedule)
+    data = open_data(config.data)
+    check_data(teacher_config, teacher_dir, data, config.data)
     masking = MaskingSettings.from_args(config)
     eval_sets = []
     if config.dev:
         dev = open_data(config.dev)
-        check_run_inputs(teacher_config, teacher_dir, student_config, config.student, dev, config.dev)
+        check_data(teacher_config, teacher_dir, dev, config.dev)
         eval_sets = [PretrainingTask().eval_set("dev", config.dev, dev, None, masking)]
     minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
     if GlobalBatchSampler.batches_per_epoch(data.num_rows, config.batch_size, minimum_rows) == 0:

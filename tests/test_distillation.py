@@ -1,14 +1,23 @@
-"""Distillation's pure pieces: each loss part against values worked out by hand (or in numpy,
-formula by formula, where a hand sum would be long), the layer schedule, the teacher/student
-check and the student's start."""
+"""Distillation: each loss part against values worked out by hand (or in numpy, formula by
+formula, where a hand sum would be long), the layer schedule, the teacher/student check and the
+student's start; then `mobilebert distill` end to end on real text: the schedule's gates,
+the distilled student against a scratch one, and kill -9 + --resume in each stage."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import paddle
 import pytest
+from test_pretraining import corpus, metric_lines, pretrain_argv  # noqa: F401 (corpus: a session fixture)
+from tiny_tasks import model_weights, run_cli, subprocess_env
 
 from mobilebert_paddle.config import MobileBertConfig
 from mobilebert_paddle.distillation import (LayerSchedule, TransferFactors, check_compatible, copy_from_teacher,
@@ -238,3 +247,173 @@ def test_student_starts_from_the_teachers_embeddings_and_heads():
     # LayerNorm (teacher) and NoNorm (student) share names but not meaning: not copied.
     assert not any(name.startswith("mobilebert.embeddings.LayerNorm") for name in names)
     assert not any(name.startswith("mobilebert.encoder.") for name in names)
+
+
+# ----- end to end on real text: a tiny teacher, the gates, learning, exact resume -----------------
+# The corpus (SQuAD v1.1 dev contexts as Wikipedia documents, a vocabulary built from them, train and
+# held-out DATA_DIRs) is test_pretraining's session fixture.
+
+# The teacher in IB-BERT's layout (queries, keys, values read the 64-wide block input; 128 inside;
+# LayerNorm, gelu, one wide FFN); the student is test_pretraining's tiny MobileBERT (NoNorm, relu,
+# 32-wide bottleneck, 2 stacked FFNs): same layers, width between blocks, heads and vocabulary.
+TEACHER_CHANGES = dict(intra_bottleneck_size=128, intermediate_size=256, num_feedforward_networks=1,
+                       use_bottleneck_attention=False, key_query_shared_bottleneck=False,
+                       normalization_type="layer_norm", hidden_act="gelu")
+TEACHER_STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def teacher(corpus, tmp_path_factory) -> dict:
+    """A teacher pretrained for TEACHER_STEPS on the training articles; student configs beside it."""
+    from mobilebert_paddle.cli import main
+
+    root = tmp_path_factory.mktemp("teacher")
+    student = json.loads(corpus["config"].read_text())
+    (root / "teacher.json").write_text(json.dumps({**student, **TEACHER_CHANGES}))
+    (root / "student_dropout.json").write_text(json.dumps({**student, "attention_probs_dropout_prob": 0.1}))
+    argv = pretrain_argv(corpus, root / "run", "--max-steps", TEACHER_STEPS, "--dev", corpus["dev"],
+                         "--eval-steps", TEACHER_STEPS)
+    argv[argv.index("--config") + 1] = root / "teacher.json"
+    assert main([str(arg) for arg in argv]) == 0
+    return {"dir": root / "run" / "best", "student": corpus["config"], "student_dropout": root / "student_dropout.json",
+            "root": root}
+
+
+def distill_argv(corpus: dict, teacher: dict, output, transfer: int, distill: int, *extra) -> list:
+    return ["distill", "--teacher", teacher["dir"], "--student", teacher["student"], "--data", corpus["train"],
+            "--output", output, "--transfer-steps", transfer, "--distill-steps", distill, "--batch-size", 16,
+            "--learning-rate", 1e-2, "--warmup-steps", 10, "--max-predictions-per-seq", 10, "--device", "cpu", *extra]
+
+
+def run_recording_weights(argv: list, monkeypatch, every: int) -> dict[int, dict[str, np.ndarray]]:
+    """Run `mobilebert ARGV` in-process and keep the student's weights at step 0 and every `every` steps."""
+    from mobilebert_paddle import train
+    from mobilebert_paddle.cli import main
+
+    snapshots: dict[int, dict[str, np.ndarray]] = {}
+
+    def weights(trainer):
+        return {name: param.numpy().copy() for name, param in trainer.raw_model.named_parameters()}
+
+    original_train, original_after_step = train.Trainer.train, train.Trainer.after_step
+
+    def recording_train(self, resume):
+        snapshots[0] = weights(self)
+        return original_train(self, resume)
+
+    def recording_after_step(self):
+        if self.state.step % every == 0:
+            snapshots[self.state.step] = weights(self)
+        original_after_step(self)
+
+    monkeypatch.setattr(train.Trainer, "train", recording_train)
+    monkeypatch.setattr(train.Trainer, "after_step", recording_after_step)
+    assert main([str(arg) for arg in argv]) == 0
+    return snapshots
+
+
+def group_of(snapshot: dict, group: str) -> dict:
+    return {name: value for name, value in snapshot.items() if parameter_group(name) == group}
+
+
+def same(first: dict, second: dict) -> bool:
+    return first.keys() == second.keys() and all(np.array_equal(first[name], second[name]) for name in first)
+
+
+def test_google_schedule_gates(corpus, teacher, tmp_path, monkeypatch):
+    """2 layers x 4 transfer steps, then 4 distillation steps, weights kept after each phase."""
+    snapshots = run_recording_weights(distill_argv(corpus, teacher, tmp_path / "run", 8, 4, "--logging-steps", 4),
+                                      monkeypatch, every=4)
+    start, phase0, phase1, distilled = snapshots[0], snapshots[4], snapshots[8], snapshots[12]
+    teacher_weights = model_weights(teacher["dir"])
+    for snapshot in (start, phase0, phase1):          # through stage 1: embeddings and heads are the teacher's
+        for group in ("embeddings", "heads"):
+            assert same(group_of(snapshot, group), group_of(start, group)), group
+        for name, value in snapshot.items():
+            if name in teacher_weights and not name.startswith(("mobilebert.encoder.", "mobilebert.embeddings.LayerNorm")):
+                np.testing.assert_array_equal(value, teacher_weights[name], err_msg=name)
+    assert same(group_of(phase0, "layer.1"), group_of(start, "layer.1"))      # before its phase: untouched
+    assert not same(group_of(phase0, "layer.0"), group_of(start, "layer.0"))  # its phase: trained (x3)
+    assert not same(group_of(phase1, "layer.0"), group_of(phase0, "layer.0")) # after it: still trains (x0.3)
+    assert not same(group_of(phase1, "layer.1"), group_of(phase0, "layer.1"))
+    for group in ("embeddings", "heads", "layer.0", "layer.1"):               # stage 2: everything trains
+        assert not same(group_of(distilled, group), group_of(phase1, group)), group
+    lines = [line for line in metric_lines(tmp_path / "run") if line["kind"] == "train"]
+    assert [(line["step"], line["stage"], line["phase"], line["layer"]) for line in lines] == \
+        [(4, "transfer", 0, 0), (8, "transfer", 1, 1), (12, "distill", 2, None)]
+    transfer_parts = ("feature_map_loss", "attention_loss", "mean_loss", "variance_loss")
+    for line in lines[:2]:
+        assert line["loss"] == pytest.approx(sum(line[part] for part in transfer_parts), rel=1e-5)
+    assert lines[2]["loss"] == pytest.approx(lines[2]["distill_mlm_loss"] + lines[2]["next_sentence_loss"], rel=1e-5)
+    assert not set(transfer_parts) & set(lines[2]) and "masked_lm_loss" in lines[2]
+
+
+def test_freeze_schedule_keeps_earlier_layers(corpus, teacher, tmp_path, monkeypatch):
+    argv = distill_argv(corpus, teacher, tmp_path / "run", 8, 0, "--layer-schedule", "freeze", "--logging-steps", 4)
+    snapshots = run_recording_weights(argv, monkeypatch, every=4)
+    start, phase0, phase1 = snapshots[0], snapshots[4], snapshots[8]
+    assert same(group_of(phase0, "layer.1"), group_of(start, "layer.1"))
+    assert not same(group_of(phase0, "layer.0"), group_of(start, "layer.0"))
+    assert same(group_of(phase1, "layer.0"), group_of(phase0, "layer.0"))     # below the phase's layer: frozen
+    assert not same(group_of(phase1, "layer.1"), group_of(phase0, "layer.1"))
+    for group in ("embeddings", "heads"):
+        assert same(group_of(phase1, group), group_of(start, group)), group
+
+
+def test_distilled_student_beats_scratch_student_at_equal_steps(corpus, teacher, tmp_path, capsys):
+    """Held-out masked-LM accuracy after 200 student steps: distilled (2 x 50 transfer + 100
+    distillation) against the same student pretrained from scratch for 200 steps."""
+    code, distilled, err = run_cli(capsys, distill_argv(corpus, teacher, tmp_path / "distilled", 100, 100,
+                                                        "--dev", corpus["dev"], "--eval-steps", 200))
+    assert code == 0, err
+    scratch_argv = pretrain_argv(corpus, tmp_path / "scratch", "--max-steps", 200, "--dev", corpus["dev"],
+                                 "--eval-steps", 200, "--batch-size", 16, "--warmup-steps", 10)
+    code, scratch, err = run_cli(capsys, scratch_argv)
+    assert code == 0, err
+    distilled_accuracy = distilled["best_metrics"]["masked_lm_accuracy"]
+    scratch_accuracy = scratch["best_metrics"]["masked_lm_accuracy"]
+    assert distilled_accuracy >= scratch_accuracy + 0.03, (distilled_accuracy, scratch_accuracy)
+    config = json.loads((tmp_path / "distilled" / "best" / "config.json").read_text())
+    assert config["architectures"] == ["MobileBertForPreTraining"] and config["normalization_type"] == "no_norm"
+    # The output is an ordinary model dir: `evaluate pretraining` reproduces its numbers.
+    code, evaluated, err = run_cli(capsys, ["evaluate", "pretraining", "--model", tmp_path / "distilled" / "best",
+                                            "--data", corpus["dev"], "--output", tmp_path / "eval", "--device", "cpu"])
+    assert code == 0, err
+    assert evaluated["metrics"]["masked_lm_accuracy"] == distilled_accuracy
+
+
+def cli_process(argv: list, output) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mobilebert_paddle", *map(str, argv), "--output", str(output)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+
+
+def kill_once_saved(process: subprocess.Popen, checkpoint, minimum_step: int) -> int:
+    """SIGKILL the run as soon as last/ holds step >= minimum_step; returns the step it holds."""
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if json.loads(checkpoint.read_text())["state"]["step"] >= minimum_step:
+                break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL            # killed, not finished
+    return json.loads(checkpoint.read_text())["state"]["step"]
+
+
+def test_sigkill_in_each_stage_then_resume_equals_uninterrupted_run(corpus, teacher, tmp_path):
+    """12 transfer + 12 distillation steps with attention dropout, last/ every 2 steps: killed in
+    stage 1, resumed, killed in stage 2, resumed: the same weights and log as one run."""
+    argv = [arg for arg in distill_argv(corpus, teacher, None, 12, 12, "--save-steps", 2, "--logging-steps", 2,
+                                        "--dev", corpus["dev"], "--eval-steps", 12)
+            if arg is not None and arg != "--output"]
+    argv[argv.index("--student") + 1] = teacher["student_dropout"]
+    reference, run = tmp_path / "uninterrupted", tmp_path / "killed"
+    assert cli_process(argv, reference).wait() == 0
+    checkpoint = run / "last" / "trainer_state.json"
+    assert 2 <= kill_once_saved(cli_process(argv, run), checkpoint, 2) < 12                   # stage 1
+    assert 14 <= kill_once_saved(cli_process(argv + ["--resume"], run), checkpoint, 14) < 24  # stage 2
+    assert cli_process(argv + ["--resume"], run).wait() == 0
+    resumed, uninterrupted = model_weights(run / "last"), model_weights(reference / "last")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(np.array_equal(resumed[key], uninterrupted[key]) for key in uninterrupted)     # bit-identical
+    assert metric_lines(run) == metric_lines(reference)

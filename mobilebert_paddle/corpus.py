@@ -18,14 +18,21 @@ create_pretraining_data.py builds them (MobileBERT's data are BERT's):
 Deviations from BERT, for memory bounded by settings, never by corpus size:
   * BERT holds every document and draws B's document from all of them. Here the text streams
     and B's document is drawn uniformly from a window of up to POOL_DOCUMENTS documents around
-    the current one (half read before it, half after; POOL_TOKENS tokens at most). Next-sentence
-    prediction only needs B from *another* document; 1000 documents (a few MB of Wikipedia
-    tokens) make a repeat of the same pair rare while costing ~8-16 MB.
+    the current one (500 read before it, 500 after; POOL_TOKENS = 4M tokens at most, 8 MB as
+    uint16). Next-sentence prediction only needs B from *another* document: 1000 candidates
+    make the same (A document, B document) pair rare (BERT's Wikipedia + BookCorpus has millions
+    of documents, so there too a pair hardly ever repeats), and B's document stays a uniform
+    draw from the window, not the neighbour. In a corpus sorted by topic the window's documents
+    are closer in topic than random ones: shuffle the document order of such files first.
   * BERT shuffles documents and instances and writes static masks dupe_factor (10) times. Here
     rows stay in corpus order (the trainer draws row indices at random) and masks are drawn when
     batches are drawn (`mask_tokens`), so --dupe-factor defaults to 1.
   * A document of more than MAX_DOCUMENT_CHARS characters is cut into consecutive documents, and
     a line over MAX_LINE_BYTES is refused (a line is one sentence).
+
+Masking (`mask_tokens`) follows BERT's create_masked_lm_predictions and is drawn when a batch is
+drawn, from a counter-based generator keyed by (seed, step, row id, position): a row's mask does
+not depend on the batch split, the process count or what came before, so resume is exact.
 
 DATA_DIR (written atomically) holds, per shard k, fixed-width arrays readable with
 np.load(mmap_mode="r"):
@@ -43,6 +50,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import gzip
+import itertools
 import logging
 import os
 import random
@@ -100,11 +108,14 @@ def check_input_files(paths: Sequence[str]) -> list[Path]:
     return checked
 
 
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as probe:
+        return probe.read(2) == GZIP_MAGIC
+
+
 def open_binary(path: Path):
     """The file's bytes, decompressed if it starts with gzip's magic bytes."""
-    with open(path, "rb") as probe:
-        compressed = probe.read(2) == GZIP_MAGIC
-    return gzip.open(path, "rb") if compressed else open(path, "rb")
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
 def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[str]:
@@ -112,7 +123,7 @@ def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[str]:
     offset = 0
     try:
         with open_binary(path) as handle:
-            for line_number in range(1, 1 << 62):
+            for line_number in itertools.count(1):
                 if max_bytes is not None and offset >= max_bytes:
                     return
                 raw = handle.readline(MAX_LINE_BYTES + 1)
@@ -340,9 +351,10 @@ def corpus_instances(paths: Sequence[Path], tokenizer: MobileBertTokenizer, dtyp
         window = DocumentWindow()
         documents = tokenized_documents(read_documents(paths), tokenizer, dtype)
         for document in window.stream(documents):
-            statistics["documents"] += 1
-            statistics["sentences"] += document.num_sentences
-            statistics["tokens"] += len(document.ids)
+            if pass_index == 0:             # the corpus's own counts
+                statistics["documents"] += 1
+                statistics["sentences"] += document.num_sentences
+                statistics["tokens"] += len(document.ids)
             progress.update(document.bytes_read)
             yield from document_instances(document, window, rng, settings.max_seq_length - 3,
                                           settings.short_seq_prob)
@@ -455,7 +467,8 @@ def write_pretraining_data(paths: Sequence[Path], tokenizer: MobileBertTokenizer
     shard_rows = settings.shard_rows or max(1, SHARD_BYTES // (settings.max_seq_length * dtype.itemsize))
     special_ids = special_token_ids(tokenizer)
     statistics = {"documents": 0, "sentences": 0, "tokens": 0}
-    total_bytes = sum(path.stat().st_size for path in paths) * settings.dupe_factor
+    # Progress counts text bytes; the size of a gzip file says little about its text's.
+    total_bytes = None if any(map(is_gzip, paths)) else sum(path.stat().st_size for path in paths) * settings.dupe_factor
     with atomic_directory(output) as staging:
         writer = ShardWriter(staging, settings.max_seq_length, dtype, special_ids, shard_rows)
         try:
@@ -466,6 +479,9 @@ def write_pretraining_data(paths: Sequence[Path], tokenizer: MobileBertTokenizer
         except BaseException:
             writer.abandon()
             raise
+        if statistics["documents"] == 1:
+            logger.warning("the corpus is one document: random-next segments B come from that same document "
+                           "(as BERT does); separate documents with blank lines")
         if not writer.shards:
             raise UserInputError(f"{', '.join(map(str, paths))}: no instance can be made "
                                  f"({statistics['documents']} documents with tokens): the corpus is empty")
@@ -536,7 +552,7 @@ def run(args: argparse.Namespace) -> dict:
     return {"output": str(output), "rows": meta["num_rows"], "row_tokens": meta["num_tokens"],
             "documents": meta["num_documents"], "shards": len(meta["shards"]), "seconds": round(seconds, 2),
             "corpus_tokens": meta["corpus_tokens"],
-            "corpus_tokens_per_second": round(meta["corpus_tokens"] / max(seconds, 1e-9))}
+            "corpus_tokens_per_second": round(meta["corpus_tokens"] * args.dupe_factor / max(seconds, 1e-9))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -672,15 +688,15 @@ def _mix(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def position_random(seed: int, step: int, row_ids: np.ndarray, length: int, stream: int) -> np.ndarray:
-    """(b, length) uint64 random bits that depend only on (seed, step, row id, position, stream):
-    a counter-based generator, so a row's mask is the same whatever batch or process holds it."""
+def position_random(seed: int, step: int, row_ids: np.ndarray, positions: np.ndarray, stream: int) -> np.ndarray:
+    """uint64 random bits for each (row id, position) pair (broadcast together) that depend only on
+    (seed, step, row id, position, stream): a counter-based generator, so a row's mask is the same
+    whatever batch or process holds it."""
     with np.errstate(over="ignore"):
         key = _mix(np.array([seed], dtype=np.uint64))
         key = _mix(key ^ np.uint64(step))
-        key = _mix(key ^ np.asarray(row_ids, dtype=np.int64).astype(np.uint64)[:, None])         # (b, 1)
-        counters = (np.arange(length, dtype=np.uint64) * np.uint64(4) + np.uint64(stream))[None, :]
-        return _mix(key ^ counters)                                                              # (b, T)
+        key = _mix(key ^ np.asarray(row_ids, dtype=np.int64).astype(np.uint64))
+        return _mix(key ^ (np.asarray(positions, dtype=np.uint64) * np.uint64(4) + np.uint64(stream)))
 
 
 def _uniform(bits: np.ndarray) -> np.ndarray:
@@ -713,7 +729,8 @@ def mask_tokens(input_ids: np.ndarray, attention_mask: np.ndarray, row_ids: np.n
         follows_candidate = np.zeros_like(candidate)
         follows_candidate[:, 1:] = candidate[:, :-1]
         word_start &= ~(np.asarray(continuation)[input_ids] & follows_candidate)
-    chosen = choose_words(candidate, word_start, counts, _uniform(position_random(seed, step, row_ids, length, 0)))
+    keys = _uniform(position_random(seed, step, np.asarray(row_ids)[:, None], np.arange(length)[None, :], 0))  # (b, T)
+    chosen = choose_words(candidate, word_start, counts, keys)
     return apply_masks(input_ids, chosen, seed, step, row_ids, vocab_size, mask_token_id, max_predictions)
 
 
@@ -724,9 +741,8 @@ def choose_words(candidate: np.ndarray, word_start: np.ndarray, counts: np.ndarr
     positions = np.arange(length)
     # Each candidate token's word start: the last start at or before it.
     start_of = np.maximum.accumulate(np.where(word_start, positions, 0), axis=1)                 # (b, T)
-    word_length = np.zeros((batch, length), dtype=np.int64)
-    rows = np.repeat(np.arange(batch), length).reshape(batch, length)
-    np.add.at(word_length, (rows[candidate], start_of[candidate]), 1)                           # at starts
+    flat_start = (np.arange(batch)[:, None] * length + start_of)[candidate]
+    word_length = np.bincount(flat_start, minlength=batch * length).reshape(batch, length)        # at starts
     order = np.argsort(np.where(word_start, keys, np.inf), axis=1, kind="stable")               # (b, T)
     sorted_length = np.take_along_axis(np.where(word_start, word_length, 0), order, axis=1)
     if sorted_length.max(initial=0) <= 1:       # single tokens: the first `count` in key order
@@ -745,20 +761,18 @@ def choose_words(candidate: np.ndarray, word_start: np.ndarray, counts: np.ndarr
 def apply_masks(input_ids: np.ndarray, chosen: np.ndarray, seed: int, step: int, row_ids: np.ndarray,
                 vocab_size: int, mask_token_id: int, max_predictions: int) -> dict[str, np.ndarray]:
     """80% [MASK] / 10% random id / 10% unchanged at the chosen tokens, and the gather format."""
-    batch, length = input_ids.shape
-    decision = _uniform(position_random(seed, step, row_ids, length, 1))                       # (b, T)
-    random_ids = (position_random(seed, step, row_ids, length, 2) % np.uint64(vocab_size)).astype(np.int64)
+    batch = len(input_ids)
+    rows, columns = np.nonzero(chosen)                    # row-major: increasing position within a row
+    row_ids = np.asarray(row_ids)[rows]
+    decision = _uniform(position_random(seed, step, row_ids, columns, 1))
+    random_ids = (position_random(seed, step, row_ids, columns, 2) % np.uint64(vocab_size)).astype(np.int64)
+    original = input_ids[rows, columns]
     masked = input_ids.astype(np.int32, copy=True)
-    masked[chosen & (decision < 0.8)] = mask_token_id
-    replace = chosen & (decision >= 0.9)
-    masked[replace] = random_ids[replace]
-    # Chosen positions first, in increasing order (a stable sort of "not chosen").
-    slots = np.argsort(~chosen, axis=1, kind="stable")[:, :max_predictions]                      # (b, P)
-    valid = np.take_along_axis(chosen, slots, axis=1)
-    positions = np.where(valid, slots, 0).astype(np.int64)
-    labels = np.where(valid, np.take_along_axis(input_ids, positions, axis=1), 0).astype(np.int64)
-    if max_predictions > length:                                                                # P > T: pad
-        pad = max_predictions - length
-        positions, labels, valid = (np.pad(array, ((0, 0), (0, pad))) for array in (positions, labels, valid))
-    return {"input_ids": masked, "masked_positions": positions, "masked_labels": labels,
-            "masked_weights": valid.astype(np.float32)}
+    masked[rows, columns] = np.where(decision < 0.8, mask_token_id, np.where(decision < 0.9, original, random_ids))
+    # Gather format: a row's k-th chosen position goes to slot k.
+    slots = np.cumsum(chosen, axis=1)[rows, columns] - 1
+    positions = np.zeros((batch, max_predictions), dtype=np.int64)                              # (b, P)
+    labels = np.zeros((batch, max_predictions), dtype=np.int64)
+    weights = np.zeros((batch, max_predictions), dtype=np.float32)
+    positions[rows, slots], labels[rows, slots], weights[rows, slots] = columns, original, 1.0
+    return {"input_ids": masked, "masked_positions": positions, "masked_labels": labels, "masked_weights": weights}

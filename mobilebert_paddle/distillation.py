@@ -396,7 +396,7 @@ class DistillationTask(PretrainingTask):
     layer schedule's learning-rate multipliers. Built per run: it holds the frozen teacher."""
 
     name = "distillation"
-    unused_parameters = True     # stage 1: the layers above l and the heads get no gradient
+    find_unused_parameters = True     # stage 1: the layers above l and the heads get no gradient
 
     def __init__(self, teacher, schedule: LayerSchedule, factors: TransferFactors, ratio: float,
                  temperature: float, masking: MaskingSettings):

@@ -233,7 +233,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="fine-tuned model dir (e.g. runs/squad1/best), HF dir or hub id")
     parser.add_argument("--data", required=True, nargs="+", metavar="FILE",
                         help="dev/test file(s): SQuAD JSON, or GLUE TSV (MNLI: dev_matched.tsv dev_mismatched.tsv); "
-                             "'hub' loads the task's validation split(s) with `datasets`")
+                             "'hub' loads the task's validation split(s) with `datasets`; "
+                             "pretraining: a DATA_DIR written by `mobilebert pretrain-data`")
     parser.add_argument("--output", required=True, help="directory for metrics.json and the prediction files")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     add_inference_arguments(parser)

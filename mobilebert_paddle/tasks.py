@@ -137,8 +137,6 @@ class Task:
       restarts_optimizer(step)                    -> True: fresh optimizer moments from this step on
       log_values(step)                            -> extra values for the train log line (of update `step`)
       resume_invariants()                         -> {name: value} a resumed run must have unchanged
-      unused_parameters                           -> True if some parameters get no gradient at some
-                                                  steps (DataParallel must then look for them)
     Loss and parts are summed over the global batch and divided by its row count; parts are
     logged beside the loss. A task whose data or settings belong to one run is built per run.
     """
@@ -150,8 +148,9 @@ class Task:
     label_names: tuple[str, ...]   # row arrays the loss reads
     hub_dev_splits: tuple[str, ...] = ("validation",)
     eager_only: bool = False       # evaluation needs the Paddle model (no exported backend)
-    finetunable: bool = True       # a `finetune` task (pretraining has its own command)
-    unused_parameters: bool = False  # see the class docstring
+    # Data parallel: True when a step's loss may leave some parameters without a gradient
+    # (distillation's per-layer phases); Paddle's DataParallel must then look for them.
+    find_unused_parameters: bool = False
 
     # ----- training hooks (see the class docstring) ------------------------------------------
 
@@ -544,13 +543,20 @@ def _build_registry() -> dict[str, Task]:
 
 
 TASKS: dict[str, Task] = _build_registry()
-TASK_NAMES = tuple(TASKS)                    # `evaluate` takes every task
-FINETUNE_TASK_NAMES = tuple(name for name, task in TASKS.items() if task.finetunable)
+FINETUNE_TASK_NAMES = tuple(TASKS)
+# Tasks in their own modules, which subclass Task (so they import this one): built on first use.
+MODULE_TASKS = {"pretraining": ("mobilebert_paddle.pretraining", "PretrainingTask")}
+TASK_NAMES = FINETUNE_TASK_NAMES + tuple(MODULE_TASKS)     # `evaluate` takes every task
 
 
 def get_task(name: str) -> Task:
+    if name in MODULE_TASKS and name not in TASKS:
+        import importlib
+
+        module, class_name = MODULE_TASKS[name]
+        TASKS[name] = getattr(importlib.import_module(module), class_name)()
     if name not in TASKS:
-        raise UserInputError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
+        raise UserInputError(f"unknown task {name!r} (known: {', '.join(TASK_NAMES)})")
     return TASKS[name]
 
 
@@ -560,7 +566,7 @@ def recipe_table() -> str:
                      f"decay_ratio {task.recipe.decay_ratio:g}, eval_steps {task.recipe.eval_steps or 'per epoch'}"
                      + (f", null_score_diff_threshold {task.recipe.null_score_diff_threshold:g}"
                         if task.recipe.null_score_diff_threshold else "")
-                     for name, task in TASKS.items() if task.finetunable)
+                     for name, task in TASKS.items() if name in FINETUNE_TASK_NAMES)
 
 
 # --------------------------------------------------------------------------------------------

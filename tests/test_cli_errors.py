@@ -198,6 +198,40 @@ CASES = [
          "a file is in the way", "{file}"),
     Case("squad-eval-threshold-not-number", "squad-eval {squad} {predictions} --na-prob-thresh high",
          "invalid float value: 'high'", None),
+    # pretrain --------------------------------------------------------------------------------------
+    Case("pretrain-no-config", "pretrain --data {pretrain_data} --output {out}", "give --config"),
+    Case("pretrain-unknown-preset", "pretrain --config no-such-preset --data {pretrain_data} --output {out}",
+         "neither a preset"),
+    Case("pretrain-data-not-data-dir", "pretrain --config {pretrain_config} --data {empty_dir} --output {out}",
+         "not a pretraining data directory"),
+    Case("pretrain-data-missing", "pretrain --config {pretrain_config} --data {missing_dir} --output {out}",
+         "no such pretraining data directory"),
+    Case("pretrain-dev-not-data-dir", "pretrain --config {pretrain_config} --data {pretrain_data} --dev {full_dir} "
+         "--output {out}", "not a pretraining data directory"),
+    Case("pretrain-config-disagrees-with-init", "pretrain --config {pretrain_config_wide} --init-from {pretrain_model} "
+         "--data {pretrain_data} --output {out}", "intermediate_size 128 vs 64"),
+    Case("pretrain-init-from-not-model", "pretrain --init-from {empty_dir} --data {pretrain_data} --output {out}",
+         "must be a model directory"),
+    Case("pretrain-vocab-too-small", "pretrain --config {pretrain_config_small_vocab} --data {pretrain_data} "
+         "--output {out}", "vocab_size 10 is smaller than the data's vocabulary"),
+    Case("pretrain-rows-too-long", "pretrain --config {pretrain_config_short} --data {pretrain_data} --output {out}",
+         "max_position_embeddings 16 is shorter than the data's rows"),
+    Case("pretrain-zero-batch", "pretrain --config {pretrain_config} --data {pretrain_data} --output {out} "
+         "--batch-size 0", "argument --batch-size: must be an integer >= 1, got 0"),
+    Case("pretrain-nan-learning-rate", "pretrain --config {pretrain_config} --data {pretrain_data} --output {out} "
+         "--learning-rate nan", "argument --learning-rate: must be a finite number > 0"),
+    Case("pretrain-masked-lm-prob", "pretrain --config {pretrain_config} --data {pretrain_data} --output {out} "
+         "--masked-lm-prob 1.5", "argument --masked-lm-prob: must be a finite number > 0 and < 1"),
+    Case("pretrain-unknown-optimizer", "pretrain --config {pretrain_config} --data {pretrain_data} --output {out} "
+         "--optimizer sgd", "invalid choice: 'sgd'"),
+    Case("pretrain-earlier-run", "pretrain --config {pretrain_config} --data {pretrain_data} --output {earlier_run}",
+         "already holds a run", "{earlier_run}"),
+    Case("evaluate-pretraining-not-data-dir", "evaluate pretraining --model {pretrain_model} --data {empty_dir} "
+         "--output {out}", "not a pretraining data directory"),
+    Case("evaluate-pretraining-onnx", "evaluate pretraining --model {pretrain_model} --data {pretrain_data} "
+         "--output {out} --backend onnx", "pretraining is evaluated on the Paddle model"),
+    Case("evaluate-pretraining-qa-model", "evaluate pretraining --model {qa} --data {pretrain_data} --output {out}",
+         "the model is a MobileBertForQuestionAnswering"),
     # bench -----------------------------------------------------------------------------------------
     Case("bench-model-missing", "bench --model {missing_dir} --output {out}", "no such model directory"),
     Case("bench-model-no-weights", "bench --model {no_weights} --output {out}", "no weights found"),
@@ -284,6 +318,26 @@ def build_model_inputs(root: Path, paths: dict) -> None:
     paths["truncated"] = copy_model_dir(paths["qa"], root / "truncated")
     weights = (paths["truncated"] / "model.safetensors").read_bytes()
     (paths["truncated"] / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+
+
+def build_pretraining_inputs(root: Path, paths: dict) -> None:
+    """A DATA_DIR of `pretrain-data` (tiny vocabulary, 32-token rows), a ForPreTraining model dir
+    with the same vocabulary, and config.json files that disagree with them in one way each."""
+    from mobilebert_paddle.corpus import CorpusSettings, write_pretraining_data
+    from tiny_tasks import TINY_CONFIG, VOCAB
+
+    documents = ["\n".join(f"the w{(document * 7 + line) % 40} is red ." for line in range(6)) for document in range(8)]
+    (root / "corpus.txt").write_text("\n\n".join(documents) + "\n")
+    paths["pretrain_data"] = root / "pretrain_data"
+    write_pretraining_data([root / "corpus.txt"], make_tokenizer(), paths["pretrain_data"],
+                           CorpusSettings(max_seq_length=32))
+    paths["pretrain_model"] = save_head(root / "pretrain_model", "MobileBertForPreTraining",
+                                        max_position_embeddings=MAX_POSITIONS)
+    config = {**TINY_CONFIG, "vocab_size": len(VOCAB), "max_position_embeddings": MAX_POSITIONS}
+    for name, changes in (("pretrain_config", {}), ("pretrain_config_wide", {"intermediate_size": 128}),
+                          ("pretrain_config_small_vocab", {"vocab_size": 10}),
+                          ("pretrain_config_short", {"max_position_embeddings": 16})):
+        write_json(paths, root, name, {**config, **changes})
 
 
 def build_file_inputs(root: Path, paths: dict) -> None:
@@ -385,6 +439,7 @@ def outcomes(tmp_path_factory) -> dict[str, Outcome]:
     paths: dict = {}
     build_file_inputs(root, paths)
     build_model_inputs(root, paths)
+    build_pretraining_inputs(root, paths)
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = {case.id: pool.submit(run_case, case, paths, outputs) for case in CASES}
         return {case_id: future.result() for case_id, future in futures.items()}

@@ -9,8 +9,10 @@ The walk-through runs in README order through `cli.main` (the call the `mobilebe
 makes) in a temporary working directory holding the README's relative paths: tiny
 train-v1.1.json / dev-v1.1.json / ..., glue_data/MNLI/..., glue_data/RTE/... The changes to the
 lines are listed here and nowhere else: the hub id google/mobilebert-uncased becomes a tiny
-random HF MobileBertForPreTraining checkpoint (the real one's architecture), fine-tuning gets
---max-steps (3 steps), bench gets --runs 1 --warmup 0 --pause 0.
+random HF MobileBertForPreTraining checkpoint (the real one's architecture), the preset ib-bert
+a 2-layer config in its layout (hub/tiny-ib-bert.json), fine-tuning and pretraining get
+--max-steps (3 steps), bench gets --runs 1 --warmup 0 --pause 0; corpus.txt / heldout.txt are
+small BERT-format corpora in the tiny vocabulary.
 
 Not run here: the set-up lines (CI runs them), `mobilebert quickstart` (tests/test_quickstart.py
 runs it) and the 4-GPU launch line, whose flags are parsed by Paddle's launcher and the CLI
@@ -41,7 +43,9 @@ README = REPO_ROOT / "README.md"
 HUB_ID = "google/mobilebert-uncased"
 SETUP_PREFIXES = ("pip install", "python -m pytest")
 LAUNCH = "python -m paddle.distributed.launch"
-SPEED_FLAGS = {"finetune": ["--max-steps", "3"], "bench": ["--runs", "1", "--warmup", "0", "--pause", "0"]}
+SPEED_FLAGS = {"finetune": ["--max-steps", "3"], "bench": ["--runs", "1", "--warmup", "0", "--pause", "0"],
+               "pretrain": ["--max-steps", "3", "--batch-size", "8", "--warmup-steps", "1", "--eval-steps", "3"]}
+TINY_PRESETS = {"ib-bert": "hub/tiny-ib-bert.json"}   # written by write_tiny_ib_bert_config
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,6 +112,8 @@ def cli_argv(command: str, earlier: list[str]) -> list[str]:
         template = next(shlex.split(line)[1:] for line in earlier if shlex.split(line)[1:cut + 1] == tokens[:cut])
         tokens = tokens[:cut] + drop_flags(template[cut:], given) + tokens[cut + 1:]
     tokens = [TINY_HUB_DIR if token == HUB_ID else token for token in tokens]
+    tokens = [TINY_PRESETS.get(token, token) if index and tokens[index - 1] == "--config" else token
+              for index, token in enumerate(tokens)]
     return tokens + SPEED_FLAGS.get(tokens[0], [])
 
 
@@ -165,6 +171,31 @@ def write_tiny_data(root: Path) -> None:
     (root / "glue_data" / "RTE").mkdir(parents=True)
     write_colour_pairs(root / "glue_data" / "RTE" / "train.tsv", 48, seed=8)
     write_colour_pairs(root / "glue_data" / "RTE" / "dev.tsv", 12, seed=9)
+    write_tiny_corpus(root / "corpus.txt", 40, seed=10)
+    write_tiny_corpus(root / "heldout.txt", 10, seed=11)
+    write_tiny_ib_bert_config(root / TINY_PRESETS["ib-bert"])
+
+
+def write_tiny_corpus(path: Path, documents: int, seed: int) -> None:
+    """BERT's pretraining input: one sentence a line, a blank line between documents."""
+    import random
+
+    rng = random.Random(seed)
+    words = [word for word in VOCAB if word.startswith("w")]
+    text = "\n\n".join("\n".join(f"the {rng.choice(words)} is {rng.choice(['red', 'blue'])} ." for _ in range(5))
+                        for _ in range(documents))
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def write_tiny_ib_bert_config(path: Path) -> None:
+    """Google's IB-BERT layout (the ib-bert preset) at 2 layers, 32 wide between blocks, 64 inside."""
+    from mobilebert_paddle.config import PRESETS
+
+    config = {**PRESETS["ib-bert"], "vocab_size": len(VOCAB), "hidden_size": 32, "embedding_size": 16,
+              "intra_bottleneck_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "max_position_embeddings": 512}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config), encoding="utf-8")
 
 
 def write_tiny_hub_checkpoint(directory: Path):
@@ -293,6 +324,27 @@ def check_evaluate_exported(result: Result, root: Path, walkthrough: dict) -> No
     assert result.summary["metrics"]["f1"] == pytest.approx(recorded["f1"])
 
 
+def check_pretrain_data(result: Result, root: Path, walkthrough: dict) -> None:
+    output = root / result.argv[result.argv.index("--output") + 1]
+    assert result.summary["rows"] > 0 and (output / "meta.json").is_file()
+    assert (output / "vocab.txt").read_text().split() == VOCAB        # the tokenizer it was given
+
+
+def check_pretrain(result: Result, root: Path, walkthrough: dict) -> None:
+    run = root / result.argv[result.argv.index("--output") + 1]
+    assert result.summary["steps"] == result.summary["total_steps"] == 3
+    assert result.summary["main_metric"] == "masked_lm_accuracy"
+    config = json.loads((run / "best" / "config.json").read_text())
+    assert config["architectures"] == ["MobileBertForPreTraining"] and config["normalization_type"] == "layer_norm"
+    assert {"masked_lm_accuracy", "masked_lm_loss", "next_sentence_accuracy"} <= set(result.summary["best_metrics"])
+
+
+def check_evaluate_pretraining(result: Result, root: Path, walkthrough: dict) -> None:
+    """The training-time evaluation of best/, reproduced by `evaluate` (the same fixed dev masks)."""
+    recorded = json.loads((root / "runs" / "teacher" / "best" / "metrics.json").read_text())
+    assert result.summary["metrics"]["masked_lm_accuracy"] == recorded["masked_lm_accuracy"]
+
+
 def check_bench(result: Result, root: Path, walkthrough: dict) -> None:
     assert set(result.summary["shapes"]) == {"1x128", "1x384", "8x128", "8x384"}
     assert (root / "bench" / "bench.json").is_file()
@@ -322,6 +374,9 @@ COVERAGE = {
     "export --format --model --output": Coverage(check_export),
     "evaluate squad1 --backend --data --model --output": Coverage(check_evaluate_exported),
     "bench --batch --model --seq": Coverage(check_bench),
+    "pretrain-data --output --tokenizer": Coverage(check_pretrain_data),
+    "pretrain --config --data --dev --output": Coverage(check_pretrain),
+    "evaluate pretraining --data --model --output": Coverage(check_evaluate_pretraining),
     "quickstart --output": Coverage(None, False, "tests/test_quickstart.py"),
 }
 

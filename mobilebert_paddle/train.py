@@ -266,6 +266,16 @@ def build_optimizer(model, scheduler, config) -> paddle.optimizer.Optimizer:
                                   apply_decay_param_fun=lambda name: name not in no_decay)
 
 
+def reset_optimizer_state(optimizer) -> None:
+    """Put AdamW / LAMB back where a new optimizer starts: moments 0, the bias-correction powers
+    at beta1 and beta2. In place, because Paddle names accumulators with a per-process counter
+    (a second optimizer's are "..._moment1_1"), and checkpoints and resumed runs expect the first's."""
+    initial = {optimizer._beta1_pow_acc_str: optimizer._beta1, optimizer._beta2_pow_acc_str: optimizer._beta2}
+    for kind, per_parameter in optimizer._accumulators.items():
+        for accumulator in per_parameter.values():
+            accumulator.set_value(paddle.full_like(accumulator, initial.get(kind, 0.0)))
+
+
 def set_learning_rate_multipliers(model, multipliers: dict[str, float]) -> None:
     """Scale each named parameter's learning rate (the others get 1). Paddle's optimizers read
     `optimize_attr["learning_rate"]` at every step and use schedule x multiplier for the update
@@ -470,7 +480,7 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         global_count = len(self.sampler.global_batch(number))
         if self.task.restarts_optimizer(step):          # e.g. distillation's stage 2: a new run's moments
-            self.optimizer = build_optimizer(self.raw_model, self.scheduler, self.config)
+            reset_optimizer_state(self.optimizer)
         set_learning_rate_multipliers(self.raw_model, self.task.learning_rate_multipliers(self.raw_model, step))
         lr = self.optimizer.get_lr()
         result = self.train_step(self.sampler.local_batch(number), global_count, step)

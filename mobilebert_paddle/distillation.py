@@ -480,21 +480,20 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     stages.add_argument("--layer-schedule", choices=LAYER_SCHEDULES, default="google",
                         help="google: lr x0 before a layer's phase, x3 in it, x0.3 after, embeddings and heads x0, "
                              "warmup at each phase start; freeze: only layer l trains in phase l")
-    factors = stages
-    factors.add_argument("--hidden-distill-factor", type=flags.number(minimum=0),
-                         default=DISTILL_DEFAULTS["hidden_distill_factor"], help="feature-map transfer weight")
-    factors.add_argument("--attention-distill-factor", type=flags.number(minimum=0),
-                         default=DISTILL_DEFAULTS["attention_distill_factor"], help="attention transfer weight")
-    factors.add_argument("--beta-distill-factor", type=flags.number(minimum=0),
-                         default=DISTILL_DEFAULTS["beta_distill_factor"], help="per-token mean transfer weight")
-    factors.add_argument("--gamma-distill-factor", type=flags.number(minimum=0),
-                         default=DISTILL_DEFAULTS["gamma_distill_factor"], help="per-token variance transfer weight")
-    factors.add_argument("--distill-ground-truth-ratio", type=flags.number(minimum=0, maximum=1),
-                         default=DISTILL_DEFAULTS["distill_ground_truth_ratio"],
-                         help="stage 2 MLM target: ratio x one-hot + (1 - ratio) x the teacher's softmax")
-    factors.add_argument("--distill-temperature", type=flags.number(above=0),
-                         default=DISTILL_DEFAULTS["distill_temperature"],
-                         help="the teacher's MLM logits are divided by this before its softmax")
+    stages.add_argument("--hidden-distill-factor", type=flags.number(minimum=0),
+                        default=DISTILL_DEFAULTS["hidden_distill_factor"], help="feature-map transfer weight")
+    stages.add_argument("--attention-distill-factor", type=flags.number(minimum=0),
+                        default=DISTILL_DEFAULTS["attention_distill_factor"], help="attention transfer weight")
+    stages.add_argument("--beta-distill-factor", type=flags.number(minimum=0),
+                        default=DISTILL_DEFAULTS["beta_distill_factor"], help="per-token mean transfer weight")
+    stages.add_argument("--gamma-distill-factor", type=flags.number(minimum=0),
+                        default=DISTILL_DEFAULTS["gamma_distill_factor"], help="per-token variance transfer weight")
+    stages.add_argument("--distill-ground-truth-ratio", type=flags.number(minimum=0, maximum=1),
+                        default=DISTILL_DEFAULTS["distill_ground_truth_ratio"],
+                        help="stage 2 MLM target: ratio x one-hot + (1 - ratio) x the teacher's softmax")
+    stages.add_argument("--distill-temperature", type=flags.number(above=0),
+                        default=DISTILL_DEFAULTS["distill_temperature"],
+                        help="the teacher's MLM logits are divided by this before its softmax")
     add_training_arguments(parser, warmup_help="stage 2's linear warmup steps from 0 to the peak "
                                                "(stage 1 runs at the peak, shaped by --layer-schedule)")
 

@@ -390,6 +390,24 @@ class StagedSchedule(paddle.optimizer.lr.LRScheduler):
         return self.distill.get_lr()
 
 
+class StudentView(paddle.nn.Layer):
+    """The student as the Trainer runs it: a forward that returns only what a step's loss reads.
+    DataParallel's search for parameters without a gradient starts from a forward's outputs, so
+    a transfer phase must not return the heads' logits (or they would be waited for)."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_positions, layer: Optional[int] = None):
+        if layer is None:                      # stage 2: (B, P, V) MLM logits and (B, 2) NSP logits
+            output = self.student(input_ids, token_type_ids, attention_mask, masked_positions=masked_positions)
+            return output.prediction_logits, output.seq_relationship_logits
+        encoder = self.student.mobilebert(input_ids, token_type_ids, attention_mask, output_hidden_states=True,
+                                          output_attentions=True)
+        return encoder.hidden_states[layer + 1], encoder.attentions[layer]          # (B, T, H), (B, N, T, T)
+
+
 class DistillationTask(PretrainingTask):
     """`pretraining` with a teacher: the same data, masking, evaluation and output head, but
     the loss of stage 1 (layer transfer) or stage 2 (distilled MLM + NSP) by the step, and the
@@ -413,24 +431,26 @@ class DistillationTask(PretrainingTask):
                  else self.distillation_losses(model, inputs, labels))
         return parts.pop("loss"), parts
 
+    def training_module(self, model):
+        return StudentView(model)
+
     def transfer_losses(self, model, inputs: dict, layer: int) -> dict:
         """Layer `layer`'s transfer losses; hidden_states[0] is the embeddings, so layer l's output is l + 1."""
         encoder_inputs = {name: inputs[name] for name in MODEL_INPUT_NAMES}
         with paddle.no_grad():
             teacher = self.teacher.mobilebert(**encoder_inputs, output_hidden_states=True, output_attentions=True)
-        student = model(**inputs, output_hidden_states=True, output_attentions=True)
-        return layer_transfer_losses(teacher.hidden_states[layer + 1], student.hidden_states[layer + 1],
-                                     teacher.attentions[layer], student.attentions[layer],
-                                     inputs["attention_mask"], self.factors)
+        student_hidden, student_attention = model(**inputs, layer=layer)
+        return layer_transfer_losses(teacher.hidden_states[layer + 1], student_hidden, teacher.attentions[layer],
+                                     student_attention, inputs["attention_mask"], self.factors)
 
     def distillation_losses(self, model, inputs: dict, labels: dict) -> dict:
         with paddle.no_grad():
             teacher = self.teacher(**inputs)
-        student = model(**inputs)
+        student_logits, student_nsp_logits = model(**inputs)
         return pretraining_distillation_losses(
-            student.prediction_logits.astype("float32"), teacher.prediction_logits.astype("float32"),
-            labels["masked_labels"], labels["masked_weights"], student.seq_relationship_logits.astype("float32"),
-            labels["next_sentence_label"], self.ratio, self.temperature)
+            student_logits.astype("float32"), teacher.prediction_logits.astype("float32"), labels["masked_labels"],
+            labels["masked_weights"], student_nsp_logits.astype("float32"), labels["next_sentence_label"],
+            self.ratio, self.temperature)
 
     def learning_rate_multipliers(self, model, step: int) -> dict[str, float]:
         point = self.schedule.at(step)

@@ -137,6 +137,10 @@ class Task:
       restarts_optimizer(step)                    -> True: fresh optimizer moments from this step on
       log_values(step)                            -> extra values for the train log line (of update `step`)
       resume_invariants()                         -> {name: value} a resumed run must have unchanged
+      training_module(model)                      -> the layer the Trainer runs (and DataParallel wraps):
+                                                  the model, or a view of it whose forward returns only
+                                                  what the loss reads (DataParallel's unused-parameter
+                                                  search starts from a forward's outputs)
     Loss and parts are summed over the global batch and divided by its row count; parts are
     logged beside the loss. A task whose data or settings belong to one run is built per run.
     """
@@ -181,6 +185,9 @@ class Task:
 
     def resume_invariants(self) -> dict[str, Any]:
         return {}
+
+    def training_module(self, model):
+        return model
 
     def settings_from_args(self, args: Any, model_config: Any = None) -> Any:
         """The task's settings from the flags (and the model's stored ones, for evaluate)."""

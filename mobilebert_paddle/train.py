@@ -432,8 +432,9 @@ class Trainer:
         task.remember_settings(model, self.settings)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
-        self.model = (paddle.DataParallel(model, find_unused_parameters=task.find_unused_parameters)
-                      if self.world_size > 1 else model)
+        module = task.training_module(model)           # what compute_loss gets (the model, or a view of it)
+        self.model = (paddle.DataParallel(module, find_unused_parameters=task.find_unused_parameters)
+                      if self.world_size > 1 else module)
         self.sampler = GlobalBatchSampler(self.num_rows, config.batch_size, config.seed,
                                           min_batch_size=self.world_size * config.gradient_accumulation_steps)
         self.steps_per_epoch = len(self.sampler)

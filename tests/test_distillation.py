@@ -16,7 +16,7 @@ import time
 import numpy as np
 import paddle
 import pytest
-from test_pretraining import corpus, metric_lines, pretrain_argv  # noqa: F401 (corpus: a session fixture)
+from test_pretraining import cli_subprocess, corpus, launch, metric_lines, pretrain_argv  # noqa: F401 (corpus: a fixture)
 from tiny_tasks import model_weights, run_cli, subprocess_env
 
 from mobilebert_paddle.config import MobileBertConfig
@@ -417,3 +417,21 @@ def test_sigkill_in_each_stage_then_resume_equals_uninterrupted_run(corpus, teac
     assert resumed.keys() == uninterrupted.keys()
     assert all(np.array_equal(resumed[key], uninterrupted[key]) for key in uninterrupted)     # bit-identical
     assert metric_lines(run) == metric_lines(reference)
+
+
+def test_two_gloo_processes_equal_one_process_in_both_stages(corpus, teacher, tmp_path):
+    """2 processes (DataParallel looking for the parameters a transfer phase leaves without a
+    gradient) equal, bit for bit, 1 process splitting each global batch the same way."""
+    argv = [arg for arg in distill_argv(corpus, teacher, "OUT", 4, 2, "--logging-steps", 1)]
+
+    def with_output(output):
+        return [output if arg == "OUT" else arg for arg in argv]
+
+    split = cli_subprocess(with_output(tmp_path / "split") + ["--gradient-accumulation-steps", 2])
+    two = launch(with_output(tmp_path / "two"), 2, tmp_path / "logs")
+    for completed in (split, two):
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    two_weights, split_weights = model_weights(tmp_path / "two" / "last"), model_weights(tmp_path / "split" / "last")
+    assert all(np.array_equal(two_weights[key], split_weights[key]) for key in two_weights)
+    assert [(line["step"], line["stage"]) for line in metric_lines(tmp_path / "two")] == \
+        [(1, "transfer"), (2, "transfer"), (3, "transfer"), (4, "transfer"), (5, "distill"), (6, "distill")]

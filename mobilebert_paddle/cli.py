@@ -52,6 +52,9 @@ COMMANDS: dict[str, Command] = {
                              "raw text (one sentence a line, blank line between documents) -> token shards for pretrain"),
     "pretrain": Command("mobilebert_paddle.pretraining", "add_pretrain_arguments", "run_pretrain",
                         "pretrain a model (IB-BERT teacher or any config) on masked LM + next sentence prediction"),
+    "distill": Command("mobilebert_paddle.distillation", "add_distill_arguments", "run_distill",
+                       "make a student from a pretrained teacher: layer-by-layer knowledge transfer, then "
+                       "distillation on masked LM + NSP"),
     "bench": Command("mobilebert_paddle.bench", "add_arguments", "run",
                      "latency/throughput of every inference path against HF PyTorch, side by side"),
 }

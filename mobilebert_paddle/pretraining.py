@@ -149,14 +149,8 @@ class PretrainingTask(Task):
         raise UserInputError("pretraining reads a DATA_DIR written by `mobilebert pretrain-data`, not a hub dataset")
 
     def eval_set(self, name: str, source: str, examples, tokenizer, settings: MaskingSettings) -> EvalSet:
-        """All rows of a dev DATA_DIR with the masks of step 0 (the same tokens at every evaluation).
-        `tokenizer` (the model's, in `evaluate`) must be the data's: ids mean what its vocabulary says."""
+        """All rows of a dev DATA_DIR with the masks of step 0 (the same tokens at every evaluation)."""
         data = examples
-        if tokenizer is not None:
-            from .tokenizer import MobileBertTokenizer
-
-            if tokenizer.get_vocab() != MobileBertTokenizer.from_pretrained(data.tokenizer_dir).get_vocab():
-                raise UserInputError(f"{source}: the data's vocabulary (its tokenizer) differs from the model's")
         rows = masked_rows(data, np.arange(data.num_rows, dtype=np.int64), settings, DEV_MASK_STEP)
         return EvalSet(name, source, range(data.num_rows), rows, input_names=EVAL_INPUTS)
 
@@ -218,17 +212,23 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="training shards (mobilebert pretrain-data)")
     parser.add_argument("--dev", metavar="DATA_DIR", help="held-out shards evaluated during training")
     parser.add_argument("--output", required=True, help="run dir: best/, last/, train_config.json, metrics.jsonl, vdl/")
+    optim = add_training_arguments(parser)
+    optim.add_argument("--epochs", type=flags.number(above=0), default=1.0, help="passes over the rows")
+    optim.add_argument("--max-steps", type=flags.integer(minimum=0), default=0,
+                       help="optimizer steps to run instead of --epochs (0: from --epochs); the schedule spans them")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser,
+                           warmup_help: str = "linear warmup steps from 0 to the peak") -> argparse._ArgumentGroup:
+    """The optimisation, masking and run flags `pretrain` and `distill` share (Google's LAMB
+    recipe as defaults); returns the optimisation group for a command's own step flags."""
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optimizer", choices=("lamb", "adamw"), default="lamb",
                        help="lamb (Google's, for large batches) or adamw")
     optim.add_argument("--learning-rate", type=flags.number(above=0), default=1.5e-3, help="peak learning rate")
     optim.add_argument("--batch-size", type=flags.integer(minimum=1), default=2048,
                        help="global batch of one optimizer step, over all processes and accumulation steps")
-    optim.add_argument("--epochs", type=flags.number(above=0), default=1.0, help="passes over the rows")
-    optim.add_argument("--max-steps", type=flags.integer(minimum=0), default=0,
-                       help="optimizer steps to run instead of --epochs (0: from --epochs); the schedule spans them")
-    optim.add_argument("--warmup-steps", type=flags.integer(minimum=0), default=10000,
-                       help="linear warmup steps from 0 to the peak")
+    optim.add_argument("--warmup-steps", type=flags.integer(minimum=0), default=10000, help=warmup_help)
     optim.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
                        help="decay from the peak to --min-lr after warmup")
     optim.add_argument("--min-lr", type=flags.number(minimum=0), default=0.0, help="learning rate reached at the end")
@@ -267,6 +267,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true",
                      help="continue exactly from OUTPUT/last (starts afresh when there is none)")
     run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUTPUT instead of refusing")
+    return optim
 
 
 def resolve_run_config(args: argparse.Namespace) -> argparse.Namespace:

@@ -133,6 +133,14 @@ class Task:
       compute_loss(model, inputs, labels, step)   -> (per-row loss (b,), parts {name: (b,) tensor});
                                                   may run more than the model (a frozen teacher)
       learning_rate_multipliers(model, step)      -> {parameter path: multiplier} (others: 1)
+      learning_rate_schedule(config, total_steps) -> an LRScheduler, or None for the Trainer's own
+      restarts_optimizer(step)                    -> True: fresh optimizer moments from this step on
+      log_values(step)                            -> extra values for the train log line (of update `step`)
+      resume_invariants()                         -> {name: value} a resumed run must have unchanged
+      training_module(model)                      -> the layer the Trainer runs (and DataParallel wraps):
+                                                  the model, or a view of it whose forward returns only
+                                                  what the loss reads (DataParallel's unused-parameter
+                                                  search starts from a forward's outputs)
     Loss and parts are summed over the global batch and divided by its row count; parts are
     logged beside the loss. A task whose data or settings belong to one run is built per run.
     """
@@ -165,6 +173,21 @@ class Task:
 
     def learning_rate_multipliers(self, model, step: int) -> dict[str, float]:
         return {}
+
+    def learning_rate_schedule(self, config: Any, total_steps: int):
+        return None
+
+    def restarts_optimizer(self, step: int) -> bool:
+        return False
+
+    def log_values(self, step: int) -> dict[str, Any]:
+        return {}
+
+    def resume_invariants(self) -> dict[str, Any]:
+        return {}
+
+    def training_module(self, model):
+        return model
 
     def settings_from_args(self, args: Any, model_config: Any = None) -> Any:
         """The task's settings from the flags (and the model's stored ones, for evaluate)."""

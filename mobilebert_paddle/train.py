@@ -266,6 +266,16 @@ def build_optimizer(model, scheduler, config) -> paddle.optimizer.Optimizer:
                                   apply_decay_param_fun=lambda name: name not in no_decay)
 
 
+def reset_optimizer_state(optimizer) -> None:
+    """Put AdamW / LAMB back where a new optimizer starts: moments 0, the bias-correction powers
+    at beta1 and beta2. In place, because Paddle names accumulators with a per-process counter
+    (a second optimizer's are "..._moment1_1"), and checkpoints and resumed runs expect the first's."""
+    initial = {optimizer._beta1_pow_acc_str: optimizer._beta1, optimizer._beta2_pow_acc_str: optimizer._beta2}
+    for kind, per_parameter in optimizer._accumulators.items():
+        for accumulator in per_parameter.values():
+            accumulator.set_value(paddle.full_like(accumulator, initial.get(kind, 0.0)))
+
+
 def set_learning_rate_multipliers(model, multipliers: dict[str, float]) -> None:
     """Scale each named parameter's learning rate (the others get 1). Paddle's optimizers read
     `optimize_attr["learning_rate"]` at every step and use schedule x multiplier for the update
@@ -387,6 +397,9 @@ def check_same_run(saved: dict, identity: dict, last: Path) -> None:
                for key, value in identity["flags"].items() if key in saved_flags and saved_flags[key] != value]
     changes += [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("task", "train_rows")
                 if saved.get(key) != identity[key]]
+    saved_invariants = saved.get("task_invariants") or {}          # what a task adds (distill: its stages)
+    changes += [f"{key} was {saved_invariants[key]}, now {value}" for key, value in identity["task_invariants"].items()
+                if key in saved_invariants and saved_invariants[key] != value]
     if not changes:    # the step counts follow from the flags and the data: named only if nothing else explains them
         changes = [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("total_steps", "steps_per_epoch")
                    if saved.get(key) != identity[key]]
@@ -475,6 +488,7 @@ class TrainState:
     loss_sum: float = 0.0          # since the last train log line
     loss_steps: int = 0
     part_sums: dict[str, float] = field(default_factory=dict)   # the task's loss parts, same span
+    part_steps: dict[str, int] = field(default_factory=dict)    # steps each part was summed over
     last_loss: float | None = None
     last_eval_step: int | None = None
 
@@ -491,8 +505,9 @@ class Trainer:
         task.remember_settings(model, self.settings)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
-        self.model = (paddle.DataParallel(model, find_unused_parameters=task.find_unused_parameters)
-                      if self.world_size > 1 else model)
+        module = task.training_module(model)           # what compute_loss gets (the model, or a view of it)
+        self.model = (paddle.DataParallel(module, find_unused_parameters=task.find_unused_parameters)
+                      if self.world_size > 1 else module)
         self.sampler = GlobalBatchSampler(self.num_rows, config.batch_size, config.seed,
                                           min_batch_size=self.world_size * config.gradient_accumulation_steps)
         self.steps_per_epoch = len(self.sampler)
@@ -500,8 +515,9 @@ class Trainer:
         self.warmup_steps = (config.warmup_steps if config.warmup_steps is not None
                              else int(config.warmup_ratio * self.total_steps))
         self.decay_steps = math.ceil(config.decay_ratio * self.total_steps)
-        self.scheduler = WarmupDecaySchedule(config.learning_rate, config.min_lr, self.warmup_steps,
-                                             self.decay_steps, config.schedule)
+        self.scheduler = (task.learning_rate_schedule(config, self.total_steps)
+                          or WarmupDecaySchedule(config.learning_rate, config.min_lr, self.warmup_steps,
+                                                 self.decay_steps, config.schedule))
         self.optimizer = build_optimizer(model, self.scheduler, config)
         self.state = TrainState()
         self.log = RunLog(output, self.is_main)
@@ -549,6 +565,8 @@ class Trainer:
         epoch, number = divmod(step, self.steps_per_epoch)
         self.sampler.set_epoch(epoch)
         global_count = len(self.sampler.global_batch(number))
+        if self.task.restarts_optimizer(step):          # e.g. distillation's stage 2: a new run's moments
+            reset_optimizer_state(self.optimizer)
         set_learning_rate_multipliers(self.raw_model, self.task.learning_rate_multipliers(self.raw_model, step))
         lr = self.optimizer.get_lr()
         result = self.train_step(self.sampler.local_batch(number), global_count, step)
@@ -559,8 +577,9 @@ class Trainer:
             self.state.loss_sum += loss
             self.state.loss_steps += 1
             self.state.last_loss = loss
-            for name, value in parts.items():
+            for name, value in parts.items():        # a task's parts may change between steps
                 self.state.part_sums[name] = self.state.part_sums.get(name, 0.0) + value
+                self.state.part_steps[name] = self.state.part_steps.get(name, 0) + 1
         self.last_lr = lr
 
     def train_step(self, local_rows: np.ndarray, global_count: int, step: int) -> tuple[float, dict] | None:
@@ -628,11 +647,13 @@ class Trainer:
     def after_step(self) -> None:
         step = self.state.step
         if step % self.config.logging_steps == 0 and self.state.loss_steps:
-            parts = {name: value / self.state.loss_steps for name, value in sorted(self.state.part_sums.items())}
+            parts = {name: value / self.state.part_steps.get(name, self.state.loss_steps)
+                     for name, value in sorted(self.state.part_sums.items())}
             self.log.record("train", step, {"epoch": round(step / self.steps_per_epoch, 4),
                                             "loss": self.state.loss_sum / self.state.loss_steps, **parts,
-                                            "lr": self.last_lr, "grad_norm": self.last_grad_norm})
-            self.state.loss_sum, self.state.loss_steps, self.state.part_sums = 0.0, 0, {}
+                                            "lr": self.last_lr, "grad_norm": self.last_grad_norm,
+                                            **self.task.log_values(step - 1)})
+            self.state.loss_sum, self.state.loss_steps, self.state.part_sums, self.state.part_steps = 0.0, 0, {}, {}
         every = self.config.eval_steps or self.steps_per_epoch
         evaluated = bool(self.eval_sets) and (step % every == 0 or step == self.total_steps)
         if evaluated:
@@ -748,7 +769,7 @@ class Trainer:
         return {"task": self.task.name, "batch_size": self.config.batch_size, "seed": self.config.seed,
                 "train_rows": self.num_rows, "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
-                "flags": run_flags(self.config)}
+                "flags": run_flags(self.config), "task_invariants": self.task.resume_invariants()}
 
     def write_train_config(self) -> None:
         if not self.is_main:

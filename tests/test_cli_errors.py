@@ -72,6 +72,24 @@ CASES = [
     Case("compare-negative-tolerance", "compare {hf} {hf_as_paddle} --tolerance -1", "argument --tolerance: must be a finite number >= 0, got -1", None),
     Case("compare-tolerance-not-number", "compare {hf} {qa} --tolerance tight", "argument --tolerance: must be a finite number >= 0, got 'tight'", None),
     Case("compare-empty-text", "compare {hf} {hf_as_paddle} --text {blank}", "--text: empty text", None),
+    # distill ---------------------------------------------------------------------------------------
+    Case("distill-student-wider-than-teacher",
+         "distill --teacher {pretraining} --student {student_wider} --data {missing_dir} --output {out}",
+         "hidden_size is 128 but the teacher's"),
+    Case("distill-teacher-not-a-model", "distill --teacher {empty_dir} --student {student_wider} --data {missing_dir} "
+         "--output {out}", "--teacher: "),
+    Case("distill-teacher-without-pretraining-heads",
+         "distill --teacher {base} --student mobilebert --data {missing_dir} --output {out}", "no pretraining heads"),
+    Case("distill-student-other-vocabulary",
+         "distill --teacher {pretraining} --student {student_other_vocab} --data {missing_dir} --output {out}",
+         "vocab_size is"),
+    Case("distill-transfer-steps-not-a-multiple-of-layers",
+         "distill --teacher {pretraining} --student {pretraining} --data {missing_dir} --output {out} "
+         "--transfer-steps 3", "--transfer-steps 3 is not a multiple of the 2 layers"),
+    Case("distill-no-steps", "distill --teacher {pretraining} --student {pretraining} --data {missing_dir} "
+         "--output {out} --transfer-steps 0 --distill-steps 0", "nothing to do"),
+    Case("distill-ratio-above-one", "distill --teacher {pretraining} --student {pretraining} --data {missing_dir} "
+         "--output {out} --distill-ground-truth-ratio 1.5", "must be a finite number >= 0 and <= 1, got 1.5"),
     # finetune --------------------------------------------------------------------------------------
     Case("finetune-missing-train", "finetune squad1 --model {base} --train {missing_file} --output {out}",
          "not found"),
@@ -304,6 +322,12 @@ def build_model_inputs(root: Path, paths: dict) -> None:
     paths["hf"] = save_hf(make_hf_model("MobileBertForQuestionAnswering"), root / "hf")
     convert(paths["hf"], root / "hf_as_paddle")
     paths["hf_as_paddle"] = root / "hf_as_paddle"
+    paths["pretraining"] = save_head(root / "pretraining", "MobileBertForPreTraining",
+                                     max_position_embeddings=MAX_POSITIONS)
+    student = {key: value for key, value in json.loads((paths["pretraining"] / "config.json").read_text()).items()
+               if key not in ("architectures", "id2label", "label2id")}
+    write_json(paths, root, "student_wider", {**student, "hidden_size": 2 * student["hidden_size"]})
+    write_json(paths, root, "student_other_vocab", {**student, "vocab_size": student["vocab_size"] + 7})
     paths["no_weights"] = copy_model_dir(paths["qa"], root / "no_weights", drop=("model.safetensors",))
     paths["bert"] = root / "bert"
     paths["bert"].mkdir()

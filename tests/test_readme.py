@@ -44,8 +44,11 @@ HUB_ID = "google/mobilebert-uncased"
 SETUP_PREFIXES = ("pip install", "python -m pytest")
 LAUNCH = "python -m paddle.distributed.launch"
 SPEED_FLAGS = {"finetune": ["--max-steps", "3"], "bench": ["--runs", "1", "--warmup", "0", "--pause", "0"],
-               "pretrain": ["--max-steps", "3", "--batch-size", "8", "--warmup-steps", "1", "--eval-steps", "3"]}
-TINY_PRESETS = {"ib-bert": "hub/tiny-ib-bert.json"}   # written by write_tiny_ib_bert_config
+               "pretrain": ["--max-steps", "3", "--batch-size", "8", "--warmup-steps", "1", "--eval-steps", "3"],
+               "distill": ["--transfer-steps", "4", "--distill-steps", "2", "--batch-size", "8", "--warmup-steps", "1", "--logging-steps", "2",
+                           "--eval-steps", "6"]}
+# written by write_tiny_presets: ib-bert's layout and mobilebert's, 2 layers, equal where distillation needs it
+TINY_PRESETS = {"ib-bert": "hub/tiny-ib-bert.json", "mobilebert": "hub/tiny-mobilebert.json"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,7 +115,7 @@ def cli_argv(command: str, earlier: list[str]) -> list[str]:
         template = next(shlex.split(line)[1:] for line in earlier if shlex.split(line)[1:cut + 1] == tokens[:cut])
         tokens = tokens[:cut] + drop_flags(template[cut:], given) + tokens[cut + 1:]
     tokens = [TINY_HUB_DIR if token == HUB_ID else token for token in tokens]
-    tokens = [TINY_PRESETS.get(token, token) if index and tokens[index - 1] == "--config" else token
+    tokens = [TINY_PRESETS.get(token, token) if index and tokens[index - 1] in ("--config", "--student") else token
               for index, token in enumerate(tokens)]
     return tokens + SPEED_FLAGS.get(tokens[0], [])
 
@@ -173,7 +176,7 @@ def write_tiny_data(root: Path) -> None:
     write_colour_pairs(root / "glue_data" / "RTE" / "dev.tsv", 12, seed=9)
     write_tiny_corpus(root / "corpus.txt", 40, seed=10)
     write_tiny_corpus(root / "heldout.txt", 10, seed=11)
-    write_tiny_ib_bert_config(root / TINY_PRESETS["ib-bert"])
+    write_tiny_presets(root)
 
 
 def write_tiny_corpus(path: Path, documents: int, seed: int) -> None:
@@ -187,15 +190,19 @@ def write_tiny_corpus(path: Path, documents: int, seed: int) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
-def write_tiny_ib_bert_config(path: Path) -> None:
-    """Google's IB-BERT layout (the ib-bert preset) at 2 layers, 32 wide between blocks, 64 inside."""
+def write_tiny_presets(root: Path) -> None:
+    """Google's IB-BERT layout (the ib-bert preset) at 2 layers, 32 wide between blocks, 64 inside;
+    MobileBERT's (the mobilebert preset) at 2 layers, 32 between blocks, 16 inside: a student for it."""
     from mobilebert_paddle.config import PRESETS
 
-    config = {**PRESETS["ib-bert"], "vocab_size": len(VOCAB), "hidden_size": 32, "embedding_size": 16,
-              "intra_bottleneck_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    shared = {"vocab_size": len(VOCAB), "hidden_size": 32, "embedding_size": 16, "num_hidden_layers": 2,
               "num_attention_heads": 2, "max_position_embeddings": 512}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config), encoding="utf-8")
+    configs = {"ib-bert": {**PRESETS["ib-bert"], **shared, "intra_bottleneck_size": 64, "intermediate_size": 128},
+               "mobilebert": {**PRESETS["mobilebert"], **shared, "intra_bottleneck_size": 16, "intermediate_size": 16}}
+    for name, config in configs.items():
+        path = root / TINY_PRESETS[name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config), encoding="utf-8")
 
 
 def write_tiny_hub_checkpoint(directory: Path):
@@ -345,6 +352,16 @@ def check_evaluate_pretraining(result: Result, root: Path, walkthrough: dict) ->
     assert result.summary["metrics"]["masked_lm_accuracy"] == recorded["masked_lm_accuracy"]
 
 
+def check_distill(result: Result, root: Path, walkthrough: dict) -> None:
+    run = root / result.argv[result.argv.index("--output") + 1]
+    assert result.summary["steps"] == result.summary["total_steps"] == 6
+    config = json.loads((run / "best" / "config.json").read_text())
+    assert config["architectures"] == ["MobileBertForPreTraining"] and config["normalization_type"] == "no_norm"
+    stages = [line.get("stage") for line in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if line["kind"] == "train"]
+    assert "transfer" in stages and "distill" in stages
+
+
 def check_bench(result: Result, root: Path, walkthrough: dict) -> None:
     assert set(result.summary["shapes"]) == {"1x128", "1x384", "8x128", "8x384"}
     assert (root / "bench" / "bench.json").is_file()
@@ -377,6 +394,7 @@ COVERAGE = {
     "pretrain-data --output --tokenizer": Coverage(check_pretrain_data),
     "pretrain --config --data --dev --output": Coverage(check_pretrain),
     "evaluate pretraining --data --model --output": Coverage(check_evaluate_pretraining),
+    "distill --data --dev --output --student --teacher": Coverage(check_distill),
     "quickstart --output": Coverage(None, False, "tests/test_quickstart.py"),
 }
 

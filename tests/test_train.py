@@ -513,3 +513,29 @@ def test_help_lists_every_hyperparameter_with_its_default(capsys):
         assert flag in text and f"[default: {default}]" in text.split(flag, 1)[1][:400], flag
     for recipe in ("1e-6 squad1, 5e-7 others", "0.7 squad1, 0.9 others", "384 for SQuAD, 128 for GLUE", "-1.5 for squad2"):
         assert recipe in text
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
+def test_reset_optimizer_state_equals_a_new_optimizer(optimizer):
+    """Distillation's stage 2 restarts the moments in place; the updates after it are bit-identical
+    to those of a new optimizer (whose accumulators Paddle would name differently)."""
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(optimizer=optimizer, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999,
+                             adam_epsilon=1e-6)
+    paddle.seed(0)
+    used, fresh = paddle.nn.Linear(3, 2), paddle.nn.Linear(3, 2)
+    used_optimizer, inputs = train.build_optimizer(used, 1e-2, config), paddle.randn([4, 3])
+    for _ in range(3):
+        used(inputs).sum().backward()
+        used_optimizer.step()
+        used_optimizer.clear_grad()
+    fresh.set_state_dict(used.state_dict())
+    fresh_optimizer = train.build_optimizer(fresh, 1e-2, config)
+    train.reset_optimizer_state(used_optimizer)
+    for _ in range(3):
+        for model, model_optimizer in ((used, used_optimizer), (fresh, fresh_optimizer)):
+            (model(inputs) ** 2).sum().backward()
+            model_optimizer.step()
+            model_optimizer.clear_grad()
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(used.parameters(), fresh.parameters()))

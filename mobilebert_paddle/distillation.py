@@ -1,0 +1,649 @@
+"""`mobilebert distill`: progressive knowledge transfer, then pretraining distillation (paper §3-4).
+
+The student (MobileBERT) learns from a pretrained teacher (IB-BERT) of the same depth and the
+same inter-block width H, in two stages, both run by the one Trainer (train.py):
+
+1. Progressive knowledge transfer (`--transfer-steps`, split evenly into one phase per layer).
+   The student starts with the teacher's embeddings and heads (`copy_from_teacher`). In phase l
+   only layer l's transfer losses count (`layer_transfer_losses`):
+     feature maps   mean over tokens and H of (LN(teacher_l) - LN(student_l))^2   x hidden factor
+     attention      per head and query, -sum_k teacher_p * log student_p           x attention factor
+     mean           mean over tokens of (mean_H teacher_l - mean_H student_l)^2   x beta
+     variance       mean over tokens of |var_H teacher_l - var_H student_l|       x gamma
+   (LN: LayerNorm over H without parameters.) Which weights move is the layer schedule's
+   business (`LayerSchedule`): Google's learning-rate multipliers, or the paper's "freeze".
+2. Pretraining distillation (`--distill-steps`): every student weight trains on MLM against
+   ratio x one-hot + (1 - ratio) x the teacher's softmax, plus NSP (`pretraining_distillation_losses`).
+
+Facts from Google's TF1 code (google-research mobilebert/run_pretraining.py, distill_util.py,
+lamb_optimizer.py) and TF2's official/projects/mobilebert/distillation.py; where they differ,
+the comment at each piece says which one this follows and why. Knob names and defaults are
+Google's (DISTILL_DEFAULTS). Shapes: B batch, T tokens, H hidden_size, N heads, P masked
+positions per row, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from . import flags
+from .errors import UserInputError
+from .pretraining import (PRETRAINING_HEAD, MaskingSettings, PretrainingTask, add_training_arguments,
+                          open_data)
+from .tasks import MODEL_INPUT_NAMES
+
+logger = logging.getLogger(__name__)
+
+# Google's values (paper §4.3; run_pretraining.py flag names without the leading "--").
+DISTILL_DEFAULTS = {"hidden_distill_factor": 100.0, "attention_distill_factor": 1.0,
+                    "beta_distill_factor": 5000.0, "gamma_distill_factor": 5.0,
+                    "distill_ground_truth_ratio": 0.5, "distill_temperature": 1.0}
+# TF1 normalises feature maps with contrib layer_norm, whose epsilon is 1e-12 (as MobileBERT's own).
+FEATURE_NORM_EPSILON = 1e-12
+LAYER_SCHEDULES = ("google", "freeze")
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer losses of one layer (stage 1)
+# --------------------------------------------------------------------------------------------
+
+class TransferFactors(NamedTuple):
+    hidden: float = DISTILL_DEFAULTS["hidden_distill_factor"]
+    attention: float = DISTILL_DEFAULTS["attention_distill_factor"]
+    beta: float = DISTILL_DEFAULTS["beta_distill_factor"]
+    gamma: float = DISTILL_DEFAULTS["gamma_distill_factor"]
+
+
+def token_weights(attention_mask, batch: int, length: int):
+    """(B, T) float32: 1 for real tokens, 0 for padding (all ones without a mask).
+
+    Every transfer loss is a per-row mean over the row's real tokens; the Trainer then averages
+    rows. Google's means include padded positions (its inputs are always padded to
+    max_seq_length, so every row weighs the same there too); here a batch may be padded to its
+    own length, so counting padding would make a layer's loss depend on how much padding its
+    batch happens to have, and spend gradient on matching the states of [PAD] tokens, which
+    nothing downstream reads.
+    """
+    if attention_mask is None:
+        return paddle.ones([batch, length], dtype="float32")
+    return attention_mask.astype("float32")
+
+
+def row_mean_over_tokens(per_token, weights):
+    """(B, T) or (B, N, T) per-token values -> (B,): each row's mean over its real tokens (and heads)."""
+    if per_token.ndim == 3:                                   # (B, N, T): every head counts
+        return (per_token * weights.unsqueeze(1)).sum(axis=[1, 2]) / (per_token.shape[1] * weights.sum(axis=1))
+    return (per_token * weights).sum(axis=1) / weights.sum(axis=1)
+
+
+def normalise_features(hidden):
+    """LayerNorm over H without scale or shift: (B, T, H) -> (B, T, H)."""
+    mean = hidden.mean(axis=-1, keepdim=True)
+    variance = ((hidden - mean) ** 2).mean(axis=-1, keepdim=True)
+    return (hidden - mean) / paddle.sqrt(variance + FEATURE_NORM_EPSILON)
+
+
+def feature_map_loss(teacher_hidden, student_hidden, weights):
+    """Per row, the mean over real tokens and H of the squared difference of the normalised
+    layer outputs: (B, T, H) twice -> (B,).
+
+    TF1 takes the mean over every element (tf.losses.mean_squared_error); TF2's
+    keras mean_squared_error leaves a (B, T) tensor whose gradient is that of its *sum*, an
+    accident of Keras; the TF1 mean is followed here (TF2's logged metric is that mean too).
+    """
+    difference = normalise_features(teacher_hidden.detach()) - normalise_features(student_hidden)
+    return row_mean_over_tokens((difference ** 2).mean(axis=-1), weights)         # (B, T) -> (B,)
+
+
+def attention_loss(teacher_attention, student_attention, weights):
+    """Per head and query position: -sum over keys of teacher p * log student p, averaged over
+    heads and real query positions of each row: (B, N, T, T) probabilities twice -> (B,).
+
+    Google's TF1 code computes exactly this cross-entropy (it calls it a KL divergence; it
+    differs from the KL by the teacher's entropy, which has no gradient). TF1 applies softmax
+    to the attention *scores*; TF2 applies it to Keras' attention *probabilities* (a second
+    softmax), which flattens both maps: TF1 is followed. The model returns probabilities, so the
+    student's log-probabilities are log(p): equal to log_softmax(scores) wherever p is a
+    normal float. Padded keys have probability exactly 0 in teacher and student (the mask is the
+    dtype minimum, as HF's), so they add exactly 0; Google's mask is a soft -6 added to the
+    scores (chosen for quantisation), which leaves e^-6-sized weight on padding that the student
+    is then asked to copy. Clipping at the smallest normal float keeps 0 * log 0 at 0 with a
+    zero gradient instead of nan.
+    """
+    tiny = paddle.finfo(student_attention.dtype).tiny
+    student_log = paddle.log(paddle.clip(student_attention, min=tiny))
+    cross_entropy = -(teacher_attention.detach() * student_log).sum(axis=-1)       # (B, N, T)
+    return row_mean_over_tokens(cross_entropy, weights)                            # (B,)
+
+
+def mean_variance_losses(teacher_hidden, student_hidden, weights):
+    """(beta part, gamma part), each (B,), before their factors: per token, the mean and the
+    (population) variance over H of the raw layer outputs; squared difference of the means,
+    absolute difference of the variances, each averaged over the row's real tokens.
+
+    Computed per layer from teacher layer l, as TF2's _get_distribution_losses does. TF1's
+    run_pretraining.py takes the teacher's mean and variance of `teacher_hiddens` -- the list of
+    every layer, not layer l -- so its student layer l is pulled towards statistics pooled over
+    all teacher layers: a bug (a typo for `teacher_hidden`), not followed here.
+    """
+    teacher = teacher_hidden.detach()
+    teacher_mean, student_mean = teacher.mean(axis=-1), student_hidden.mean(axis=-1)      # (B, T)
+    teacher_variance = ((teacher - teacher_mean.unsqueeze(-1)) ** 2).mean(axis=-1)
+    student_variance = ((student_hidden - student_mean.unsqueeze(-1)) ** 2).mean(axis=-1)
+    beta = row_mean_over_tokens((teacher_mean - student_mean) ** 2, weights)
+    gamma = row_mean_over_tokens((teacher_variance - student_variance).abs(), weights)
+    return beta, gamma
+
+
+def layer_transfer_losses(teacher_hidden, student_hidden, teacher_attention, student_attention,
+                          attention_mask=None, factors: TransferFactors = TransferFactors()) -> dict:
+    """Layer l's four transfer losses per row (B,), each times its factor, and their sum under
+    "loss". The batch's loss is the mean over rows (what the Trainer computes).
+
+    teacher_hidden / student_hidden: layer l's outputs (B, T, H); *_attention: layer l's
+    attention probabilities (B, N, T, T). Google divides the sum by the number of layers (TF1)
+    or by l + 1 (TF2); a constant scale that Adam and LAMB normalise away (but for epsilon), so
+    the losses here are the plain sum, comparable across phases.
+    """
+    weights = token_weights(attention_mask, student_hidden.shape[0], student_hidden.shape[1])
+    beta, gamma = mean_variance_losses(teacher_hidden, student_hidden, weights)
+    parts = {"feature_map_loss": factors.hidden * feature_map_loss(teacher_hidden, student_hidden, weights),
+             "attention_loss": factors.attention * attention_loss(teacher_attention, student_attention, weights),
+             "mean_loss": factors.beta * beta,
+             "variance_loss": factors.gamma * gamma}
+    parts["loss"] = parts["feature_map_loss"] + parts["attention_loss"] + parts["mean_loss"] + parts["variance_loss"]
+    return parts
+
+
+# --------------------------------------------------------------------------------------------
+# Pretraining distillation losses (stage 2)
+# --------------------------------------------------------------------------------------------
+
+def distillation_targets(labels, teacher_logits, ratio: float, temperature: float):
+    """ratio x one-hot(labels) + (1 - ratio) x softmax(teacher_logits / temperature): (B, P, V).
+
+    The temperature divides the teacher's logits (the usual definition; the student's logits
+    are not scaled, as in Google's code). Google's TF1 instead multiplies the teacher's
+    sequence output by the temperature before the MLM head, whose LayerNorm largely undoes it,
+    and TF2 has no temperature; all three agree at Google's default of 1.
+    """
+    vocab_size = teacher_logits.shape[-1]
+    one_hot = F.one_hot(labels.astype("int64"), vocab_size).astype(teacher_logits.dtype)
+    if ratio == 1.0:
+        return one_hot
+    teacher = F.softmax(teacher_logits.detach() / temperature, axis=-1)
+    return ratio * one_hot + (1.0 - ratio) * teacher
+
+
+def pretraining_distillation_losses(student_logits, teacher_logits, labels, label_weights,
+                                    nsp_logits, nsp_labels, ratio: float, temperature: float) -> dict:
+    """MLM against the distillation targets plus NSP, per row (B,), as Google's stage 2.
+
+    student_logits / teacher_logits: (B, P, V) at the masked positions; labels (B, P) the
+    original tokens; label_weights (B, P): 1 for a real prediction, 0 for padding of the P
+    slots. A row's MLM loss is the mean over its predictions of -sum targets * log_softmax
+    (Google averages over the batch's predictions; per row, each row weighs the same, which is
+    what lets 1 and N processes compute the same update), its NSP loss the cross-entropy of its
+    label. Also returned: the MLM loss against the ground truth alone (Google's TF1 `true_loss`),
+    logged so that the student's progress reads like pretraining's.
+    """
+    log_probabilities = F.log_softmax(student_logits, axis=-1)                        # (B, P, V)
+    targets = distillation_targets(labels, teacher_logits, ratio, temperature)
+    weights = label_weights.astype(log_probabilities.dtype)
+    count = paddle.clip(weights.sum(axis=1), min=1.0)                                 # (B,)
+    distill = (-(targets * log_probabilities).sum(axis=-1) * weights).sum(axis=1) / count
+    true_log_probability = paddle.take_along_axis(log_probabilities, labels.astype("int64").unsqueeze(-1), axis=-1)
+    masked_lm = (-true_log_probability.squeeze(-1) * weights).sum(axis=1) / count
+    next_sentence = F.cross_entropy(nsp_logits, nsp_labels.astype("int64").reshape([-1, 1]), reduction="none")
+    next_sentence = next_sentence.reshape([-1])
+    return {"distill_mlm_loss": distill, "next_sentence_loss": next_sentence, "masked_lm_loss": masked_lm,
+            "loss": distill + next_sentence}
+
+
+# --------------------------------------------------------------------------------------------
+# Layer schedule: which parameters learn, and how fast, at each step
+# --------------------------------------------------------------------------------------------
+
+EMBEDDINGS, HEADS = "embeddings", "heads"
+LAYER_PARAMETER = re.compile(r"^mobilebert\.encoder\.layer\.(\d+)\.")
+
+
+def parameter_group(name: str) -> str:
+    """The schedule's group of a student parameter (its structured name, as named_parameters
+    gives it): "embeddings", "layer.<l>", or "heads" (pooler, MLM and NSP heads)."""
+    match = LAYER_PARAMETER.match(name)
+    if match:
+        return f"layer.{int(match.group(1))}"
+    return EMBEDDINGS if name.startswith("mobilebert.embeddings.") else HEADS
+
+
+def phase_warmup(step_in_phase: int, steps_per_phase: int) -> float:
+    """Google's per-phase "background" learning-rate factor (distill_util.get_background_lr):
+    min(linear from 0 to 10 over the phase, square-root decay from 1 to 0.9 over the phase).
+    It starts at 0 (the first step of every phase updates nothing), meets the decay near 10% of
+    the phase (~0.995) and ends near 0.9."""
+    if steps_per_phase <= 1:
+        return 1.0
+    progress = step_in_phase / steps_per_phase
+    return min(10.0 * progress, 0.9 + 0.1 * math.sqrt(1.0 - progress))
+
+
+class SchedulePoint(NamedTuple):
+    stage: str                    # "transfer" or "distill"
+    phase: int                    # 0..L-1 in transfer; L in distillation
+    layer: Optional[int]          # the layer whose losses count (None in distillation)
+    multipliers: dict             # group -> learning-rate multiplier
+
+
+@dataclass(frozen=True)
+class LayerSchedule:
+    """Step -> (stage, phase, layer, learning-rate multiplier of every parameter group).
+
+    `step` is the 0-based number of the update being made. Steps [0, transfer_steps) are
+    stage 1, one phase of transfer_steps / L steps per layer; later steps are stage 2, where
+    every multiplier is 1 (the Trainer's own schedule applies).
+
+    google (distill_util.layer_wise_learning_rate + get_background_lr, lamb_optimizer.py):
+        layer l: x0 before its phase, x3 during it, x0.3 after it, each times the phase warmup;
+        embeddings and heads: x0 (they keep the teacher's values through stage 1).
+        (Google's piecewise_constant switches one step late, at its `<=` boundary; phases here
+        start exactly at l x steps_per_phase. Its LAMB also zeroes every Adam moment where a
+        multiplier is 0, i.e. at each phase start; that optimizer detail is not copied.)
+    freeze (the paper's wording, TF2's if_freeze_previous_layers): in phase l only layer l
+        trains (x1 times the same phase warmup); everything else x0.
+    """
+
+    num_layers: int
+    transfer_steps: int
+    kind: str = "google"
+
+    def __post_init__(self):
+        if self.kind not in LAYER_SCHEDULES:
+            raise ValueError(f"layer schedule {self.kind!r} is not one of {', '.join(LAYER_SCHEDULES)}")
+        if self.transfer_steps % self.num_layers:
+            raise UserInputError(f"--transfer-steps {self.transfer_steps} is not a multiple of the "
+                                 f"{self.num_layers} layers (each layer gets one equal phase)")
+
+    @property
+    def steps_per_phase(self) -> int:
+        return self.transfer_steps // self.num_layers
+
+    def groups(self) -> list[str]:
+        return [EMBEDDINGS, *(f"layer.{layer}" for layer in range(self.num_layers)), HEADS]
+
+    def at(self, step: int) -> SchedulePoint:
+        if step >= self.transfer_steps:
+            return SchedulePoint("distill", self.num_layers, None, {group: 1.0 for group in self.groups()})
+        phase, step_in_phase = divmod(step, self.steps_per_phase)
+        warmup = phase_warmup(step_in_phase, self.steps_per_phase)
+        multipliers = {EMBEDDINGS: 0.0, HEADS: 0.0}
+        for layer in range(self.num_layers):
+            multipliers[f"layer.{layer}"] = warmup * self.layer_multiplier(layer, phase)
+        return SchedulePoint("transfer", phase, phase, multipliers)
+
+    def layer_multiplier(self, layer: int, phase: int) -> float:
+        if layer > phase:
+            return 0.0
+        if self.kind == "freeze":
+            return 1.0 if layer == phase else 0.0
+        return 3.0 if layer == phase else 0.3
+
+
+# --------------------------------------------------------------------------------------------
+# Teacher and student: agreement, and the student's start
+# --------------------------------------------------------------------------------------------
+
+# Config values transfer needs equal: feature maps are compared at width H layer by layer,
+# attention head by head, and the embeddings and MLM head are copied (their shapes).
+MATCHING_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "embedding_size", "vocab_size",
+                 "trigram_input", "max_position_embeddings", "type_vocab_size")
+
+
+def check_compatible(teacher_config, student_config, teacher_vocab: Optional[dict] = None,
+                     student_vocab: Optional[dict] = None, teacher_name: str = "--teacher",
+                     student_name: str = "--student") -> None:
+    """One UserInputError naming the first disagreement that would make transfer impossible."""
+    for key in MATCHING_KEYS:
+        teacher_value, student_value = getattr(teacher_config, key), getattr(student_config, key)
+        if teacher_value != student_value:
+            raise UserInputError(f"{student_name}: {key} is {student_value} but the teacher's ({teacher_name}) is "
+                                 f"{teacher_value}; distillation needs them equal")
+    if teacher_vocab is not None and student_vocab is not None and teacher_vocab != student_vocab:
+        differing = next((token for token, index in student_vocab.items() if teacher_vocab.get(token) != index),
+                         None)
+        where = f" (first difference: {differing!r})" if differing is not None else ""
+        raise UserInputError(f"{student_name}: its vocabulary differs from the teacher's ({teacher_name}){where}; "
+                             "distillation needs the same vocabulary")
+
+
+def copied_parameter_names(teacher, student) -> list[str]:
+    """Student parameters that start as the teacher's: everything outside the encoder layers
+    (embeddings, pooler, MLM and NSP heads), as Google's TF1 init_embedding copies all that is
+    not under bert/encoder. The embeddings' normalisation is copied only when both models use
+    the same kind: a LayerNorm's scale and shift mean something else in a NoNorm (Google's
+    names differ there, LayerNorm vs FakeLayerNorm, so TF1 does not copy it either)."""
+    same_norm = teacher.config.normalization_type == student.config.normalization_type
+    teacher_names = {name for name, _ in teacher.named_parameters()}
+    names = []
+    for name, _ in student.named_parameters():
+        if parameter_group(name).startswith("layer.") or name not in teacher_names:
+            continue
+        if name.startswith("mobilebert.embeddings.LayerNorm.") and not same_norm:
+            continue
+        names.append(name)
+    return names
+
+
+def copy_from_teacher(teacher, student) -> list[str]:
+    """Set the student's embeddings and heads to the teacher's values. Returns the names copied.
+    Raises a UserInputError naming a parameter whose shapes differ (check_compatible runs first
+    and should have said why)."""
+    teacher_parameters = dict(teacher.named_parameters())
+    student_parameters = dict(student.named_parameters())
+    names = copied_parameter_names(teacher, student)
+    for name in names:
+        source, target = teacher_parameters[name], student_parameters[name]
+        if source.shape != target.shape:
+            raise UserInputError(f"--student: {name} has shape {target.shape} but the teacher's is {source.shape}")
+    required = ("mobilebert.embeddings.word_embeddings.weight", "cls.predictions.bias")
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise UserInputError(f"--teacher: has no {', '.join(missing)} to start the student from")
+    with paddle.no_grad():
+        for name in names:
+            student_parameters[name].set_value(teacher_parameters[name].detach().clone())
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# The task: both stages for the one Trainer
+# --------------------------------------------------------------------------------------------
+
+class StagedSchedule(paddle.optimizer.lr.LRScheduler):
+    """Stage 1 at the constant peak (Google's transfer runs at 1.5e-3 throughout; the layer
+    schedule's multipliers shape it); stage 2 is a new run as in Google's code: linear warmup
+    from 0 over `warmup_steps`, then a linear (or cosine) decay to `min_lr` at the last step."""
+
+    def __init__(self, peak_lr: float, min_lr: float, transfer_steps: int, warmup_steps: int, total_steps: int,
+                 shape: str = "linear"):
+        from .train import WarmupDecaySchedule
+
+        self.transfer_steps, self.peak_lr = transfer_steps, peak_lr
+        self.distill = WarmupDecaySchedule(peak_lr, min_lr, warmup_steps, total_steps - transfer_steps, shape)
+        super().__init__(learning_rate=peak_lr)
+
+    def get_lr(self) -> float:
+        if self.last_epoch < self.transfer_steps:
+            return self.peak_lr
+        self.distill.last_epoch = self.last_epoch - self.transfer_steps
+        return self.distill.get_lr()
+
+
+class StudentView(paddle.nn.Layer):
+    """The student as the Trainer runs it: a forward that returns only what a step's loss reads.
+    DataParallel's search for parameters without a gradient starts from a forward's outputs, so
+    a transfer phase must not return the heads' logits (or they would be waited for)."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_positions, layer: Optional[int] = None):
+        if layer is None:                      # stage 2: (B, P, V) MLM logits and (B, 2) NSP logits
+            output = self.student(input_ids, token_type_ids, attention_mask, masked_positions=masked_positions)
+            return output.prediction_logits, output.seq_relationship_logits
+        encoder = self.student.mobilebert(input_ids, token_type_ids, attention_mask, output_hidden_states=True,
+                                          output_attentions=True)
+        return encoder.hidden_states[layer + 1], encoder.attentions[layer]          # (B, T, H), (B, N, T, T)
+
+
+class DistillationTask(PretrainingTask):
+    """`pretraining` with a teacher: the same data, masking, evaluation and output head, but
+    the loss of stage 1 (layer transfer) or stage 2 (distilled MLM + NSP) by the step, and the
+    layer schedule's learning-rate multipliers. Built per run: it holds the frozen teacher."""
+
+    name = "distillation"
+    find_unused_parameters = True     # stage 1: the layers above l and the heads get no gradient
+
+    def __init__(self, teacher, schedule: LayerSchedule, factors: TransferFactors, ratio: float,
+                 temperature: float, masking: MaskingSettings):
+        super().__init__(masking)
+        self.teacher, self.schedule, self.factors = teacher, schedule, factors
+        self.ratio, self.temperature = ratio, temperature
+        teacher.eval()                                    # no dropout: a fixed target
+        for parameter in teacher.parameters():
+            parameter.stop_gradient = True
+
+    def compute_loss(self, model, inputs: dict, labels: dict, step: int):
+        point = self.schedule.at(step)
+        parts = (self.transfer_losses(model, inputs, point.layer) if point.stage == "transfer"
+                 else self.distillation_losses(model, inputs, labels))
+        return parts.pop("loss"), parts
+
+    def training_module(self, model):
+        return StudentView(model)
+
+    def transfer_losses(self, model, inputs: dict, layer: int) -> dict:
+        """Layer `layer`'s transfer losses; hidden_states[0] is the embeddings, so layer l's output is l + 1."""
+        encoder_inputs = {name: inputs[name] for name in MODEL_INPUT_NAMES}
+        with paddle.no_grad():
+            teacher = self.teacher.mobilebert(**encoder_inputs, output_hidden_states=True, output_attentions=True)
+        student_hidden, student_attention = model(**inputs, layer=layer)
+        return layer_transfer_losses(teacher.hidden_states[layer + 1], student_hidden, teacher.attentions[layer],
+                                     student_attention, inputs["attention_mask"], self.factors)
+
+    def distillation_losses(self, model, inputs: dict, labels: dict) -> dict:
+        with paddle.no_grad():
+            teacher = self.teacher(**inputs)
+        student_logits, student_nsp_logits = model(**inputs)
+        return pretraining_distillation_losses(
+            student_logits.astype("float32"), teacher.prediction_logits.astype("float32"), labels["masked_labels"],
+            labels["masked_weights"], student_nsp_logits.astype("float32"), labels["next_sentence_label"],
+            self.ratio, self.temperature)
+
+    def learning_rate_multipliers(self, model, step: int) -> dict[str, float]:
+        point = self.schedule.at(step)
+        if point.stage != "transfer":
+            return {}
+        return {path: point.multipliers[parameter_group(path)] for path, _ in model.named_parameters()}
+
+    def learning_rate_schedule(self, config, total_steps: int):
+        return StagedSchedule(config.learning_rate, config.min_lr, self.schedule.transfer_steps,
+                              config.warmup_steps, total_steps, config.schedule)
+
+    def restarts_optimizer(self, step: int) -> bool:
+        """Stage 2 starts with fresh optimizer moments, as Google's (a new run from the transfer
+        checkpoint, whose Adam/LAMB slots it does not load): moments gathered from the transfer
+        losses' gradients would otherwise scale stage 2's first thousands of updates."""
+        return 0 < step == self.schedule.transfer_steps
+
+    def log_values(self, step: int) -> dict:
+        """What metrics.jsonl's train line adds: the stage, phase and layer of update `step`."""
+        point = self.schedule.at(step)
+        return {"stage": point.stage, "phase": point.phase, "layer": point.layer}
+
+    def resume_invariants(self) -> dict:
+        return {"transfer_steps": self.schedule.transfer_steps, "layer_schedule": self.schedule.kind}
+
+
+# --------------------------------------------------------------------------------------------
+# `mobilebert distill`
+# --------------------------------------------------------------------------------------------
+
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher", required=True, metavar="DIR",
+                        help="the pretrained teacher (IB-BERT): a model dir with the pretraining heads")
+    parser.add_argument("--student", required=True, metavar="PRESET|CONFIG.json",
+                        help="the student's architecture: a preset (mobilebert, mobilebert-tiny), a config.json "
+                             "or a directory holding one; same layers, hidden_size, heads, embedding_size and "
+                             "vocabulary as the teacher")
+    parser.add_argument("--data", required=True, metavar="DATA_DIR", help="training shards (mobilebert pretrain-data)")
+    parser.add_argument("--dev", metavar="DATA_DIR", help="held-out shards evaluated during training")
+    parser.add_argument("--output", required=True, help="run dir: best/, last/, train_config.json, metrics.jsonl, vdl/")
+    stages = parser.add_argument_group("the two stages (Google's knobs and defaults)")
+    stages.add_argument("--transfer-steps", type=flags.integer(minimum=0), default=240000,
+                        help="stage 1, progressive knowledge transfer: one equal phase per layer "
+                             "(a multiple of the layer count; 0 skips the stage)")
+    stages.add_argument("--distill-steps", type=flags.integer(minimum=0), default=500000,
+                        help="stage 2, pretraining distillation (MLM + NSP, every weight trains)")
+    stages.add_argument("--layer-schedule", choices=LAYER_SCHEDULES, default="google",
+                        help="google: lr x0 before a layer's phase, x3 in it, x0.3 after, embeddings and heads x0, "
+                             "warmup at each phase start; freeze: only layer l trains in phase l")
+    stages.add_argument("--hidden-distill-factor", type=flags.number(minimum=0),
+                        default=DISTILL_DEFAULTS["hidden_distill_factor"], help="feature-map transfer weight")
+    stages.add_argument("--attention-distill-factor", type=flags.number(minimum=0),
+                        default=DISTILL_DEFAULTS["attention_distill_factor"], help="attention transfer weight")
+    stages.add_argument("--beta-distill-factor", type=flags.number(minimum=0),
+                        default=DISTILL_DEFAULTS["beta_distill_factor"], help="per-token mean transfer weight")
+    stages.add_argument("--gamma-distill-factor", type=flags.number(minimum=0),
+                        default=DISTILL_DEFAULTS["gamma_distill_factor"], help="per-token variance transfer weight")
+    stages.add_argument("--distill-ground-truth-ratio", type=flags.number(minimum=0, maximum=1),
+                        default=DISTILL_DEFAULTS["distill_ground_truth_ratio"],
+                        help="stage 2 MLM target: ratio x one-hot + (1 - ratio) x the teacher's softmax")
+    stages.add_argument("--distill-temperature", type=flags.number(above=0),
+                        default=DISTILL_DEFAULTS["distill_temperature"],
+                        help="the teacher's MLM logits are divided by this before its softmax")
+    add_training_arguments(parser, warmup_help="stage 2's linear warmup steps from 0 to the peak "
+                                               "(stage 1 runs at the peak, shaped by --layer-schedule)")
+
+
+def resolve_distill_config(args: argparse.Namespace) -> argparse.Namespace:
+    """The flags plus the trainer's fixed values (checked before any work)."""
+    from .train import FP16_REFUSAL
+
+    if args.amp == "fp16":
+        raise UserInputError(FP16_REFUSAL)
+    if args.min_lr > args.learning_rate:
+        raise UserInputError(f"--min-lr {args.min_lr} is above the peak --learning-rate {args.learning_rate}")
+    total = args.transfer_steps + args.distill_steps
+    if total == 0:
+        raise UserInputError("--transfer-steps and --distill-steps are both 0: nothing to do")
+    return argparse.Namespace(**vars(args), max_steps=total, epochs=1.0, warmup_ratio=0.0, decay_ratio=1.0)
+
+
+def read_teacher(teacher: str):
+    """(config, state dict, directory) of the teacher; it must hold the pretraining heads."""
+    from .convert import load_pretrained, resolve_source
+
+    try:
+        directory = resolve_source(teacher)
+        config, state = load_pretrained(directory)
+    except UserInputError as error:
+        raise UserInputError(f"--teacher: {error}") from None
+    lacking = [name for name in ("cls.predictions.bias", "cls.seq_relationship.weight") if name not in state]
+    if lacking:
+        raise UserInputError(f"--teacher {directory}: no pretraining heads ({', '.join(lacking)} missing); "
+                             "distill from a model trained by `mobilebert pretrain`")
+    return config, state, directory
+
+
+def read_vocabulary(directory: Path) -> dict | None:
+    """token -> id from a directory's vocab.txt (None when it has none)."""
+    from .tokenizer import VOCAB_NAME
+
+    path = Path(directory) / VOCAB_NAME
+    if not path.is_file():
+        return None
+    return {token: index for index, token in enumerate(path.read_text(encoding="utf-8").splitlines())}
+
+
+def student_vocabulary(spec: str) -> dict | None:
+    """The vocabulary beside the student's config, if it has one (a preset has none)."""
+    path = Path(spec)
+    directory = path if path.is_dir() else path.parent if path.is_file() else None
+    return read_vocabulary(directory) if directory is not None else None
+
+
+def check_data(teacher_config, teacher_dir: Path, data, data_name: str) -> None:
+    """The data's ids are in the teacher's vocabulary and its rows fit the position table."""
+    teacher_vocabulary, data_vocabulary = read_vocabulary(teacher_dir), read_vocabulary(data.tokenizer_dir)
+    if teacher_vocabulary is not None and data_vocabulary is not None and teacher_vocabulary != data_vocabulary:
+        raise UserInputError(f"--data {data_name}: its vocabulary differs from the teacher's ({teacher_dir})")
+    if data.max_seq_length > teacher_config.max_position_embeddings:
+        raise UserInputError(f"--data {data_name}: rows of {data.max_seq_length} tokens exceed the models' "
+                             f"max_position_embeddings {teacher_config.max_position_embeddings}")
+
+
+def build_teacher(config, state, directory: Path):
+    from .model import MobileBertForPreTraining
+
+    teacher = MobileBertForPreTraining(config)
+    teacher.load_converted_state_dict(state, source=str(directory))
+    return teacher
+
+
+def build_student(config, teacher, resume_dir: Path | None):
+    """From last/ when resuming; else new (from --seed) with the teacher's embeddings and heads."""
+    from .model import MobileBertForPreTraining
+
+    if resume_dir is not None:
+        return MobileBertForPreTraining.from_pretrained(resume_dir)
+    config.architectures = [PRETRAINING_HEAD]
+    student = MobileBertForPreTraining(config)
+    copied = copy_from_teacher(teacher, student)
+    logger.info("student: %d parameter tensors copied from the teacher (embeddings and heads)", len(copied))
+    return student
+
+
+def run_distill(args: argparse.Namespace) -> dict | None:
+    import paddle.distributed as dist
+
+    from .config import load_config
+    from .tokenizer import MobileBertTokenizer
+    from .train import CHECKPOINT_STATE, GlobalBatchSampler, Trainer, init_distributed, prepare_output, start_output
+
+    config = resolve_distill_config(args)
+    device = init_distributed(config.device)
+    if config.amp == "bf16" and device != "gpu":
+        raise UserInputError("--amp bf16 needs a GPU (on CPU, train in fp32: the default)")
+    is_main = dist.get_rank() == 0
+    output = prepare_output(config, is_main)
+    if dist.get_world_size() > 1:
+        dist.barrier()   # rank 0 has recovered / cleaned the run dir
+    teacher_config, teacher_state, teacher_dir = read_teacher(config.teacher)
+    student_config = load_config(config.student)
+    check_compatible(teacher_config, student_config, read_vocabulary(teacher_dir), student_vocabulary(config.student),
+                     teacher_name=f"--teacher {teacher_dir}", student_name=f"--student {config.student}")
+    schedule = LayerSchedule(student_config.num_hidden_layers, config.transfer_steps, config.layer_schedule)
+    data = open_data(config.data)
+    check_data(teacher_config, teacher_dir, data, config.data)
+    masking = MaskingSettings.from_args(config)
+    eval_sets = []
+    if config.dev:
+        dev = open_data(config.dev)
+        check_data(teacher_config, teacher_dir, dev, config.dev)
+        eval_sets = [PretrainingTask().eval_set("dev", config.dev, dev, None, masking)]
+    minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
+    if GlobalBatchSampler.batches_per_epoch(data.num_rows, config.batch_size, minimum_rows) == 0:
+        raise UserInputError(f"{config.data}: {data.num_rows} rows make no batch of {config.batch_size} "
+                             f"(lower --batch-size)")
+    tokenizer = MobileBertTokenizer.from_pretrained(teacher_dir)
+    last = output / "last"
+    resume_dir = last if config.resume and (last / CHECKPOINT_STATE).is_file() else None
+    paddle.seed(config.seed)          # the student's initialisation: the same on every process
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    teacher = build_teacher(teacher_config, teacher_state, teacher_dir)
+    student = build_student(student_config, teacher, resume_dir)
+    factors = TransferFactors(config.hidden_distill_factor, config.attention_distill_factor,
+                              config.beta_distill_factor, config.gamma_distill_factor)
+    task = DistillationTask(teacher, schedule, factors, config.distill_ground_truth_ratio,
+                            config.distill_temperature, masking)
+    logger.info("distilling %s (%d layers) into the student: %d transfer steps (%d a layer, %s schedule), "
+                "%d distillation steps", teacher_dir, schedule.num_layers, schedule.transfer_steps,
+                schedule.steps_per_phase, schedule.kind, config.distill_steps)
+    start_output(config, output, is_main)
+    trainer = Trainer(task, config, student, tokenizer, data, eval_sets, output)
+    paddle.seed(config.seed + dist.get_rank())   # dropout: a different stream per process
+    return trainer.train(resume=config.resume)

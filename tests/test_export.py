@@ -129,6 +129,90 @@ def test_int8_runs(tmp_path, model_dirs, eager, fuse):
 
 
 # ----------------------------------------------------------------------------------------
+# OpenVINO
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_openvino_export_equals_eager_in_float32(tmp_path, model_dirs, eager, fuse):
+    """OpenVINO IR, run with INFERENCE_PRECISION_HINT f32 (OpenVINO's default on CPUs with
+    bf16 would round every matmul), equals eager at shapes other than the export's probe."""
+    pytest.importorskip("openvino")
+    summary = export_model(model_dirs[QA], tmp_path / "ov", "openvino", fuse=fuse)
+    assert {"model.xml", "model.bin"} <= set(summary["files"])
+    assert max(summary["probe"]["relative_error"].values()) <= TOLERANCE
+    predictor = load_predictor(tmp_path / "ov", "openvino", threads=2)
+    assert str(predictor.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert predictor.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    assert_equal_to_eager(predictor, eager[QA], predictor.config.vocab_size)
+
+
+def test_openvino_runs_onnx_exports_and_model_dirs(tmp_path, model_dirs, eager):
+    """--backend openvino on an ONNX export (read by OpenVINO's ONNX frontend), and on a model
+    dir (exported to OpenVINO IR in memory), classification head included."""
+    pytest.importorskip("openvino")
+    export_model(model_dirs[CLASSIFICATION], tmp_path / "onnx", "onnx", fuse=True)
+    predictor = load_predictor(tmp_path / "onnx", "openvino")
+    assert predictor.backend == "openvino" and predictor.output_names == ("logits",)
+    assert_equal_to_eager(predictor, eager[CLASSIFICATION], predictor.config.vocab_size)
+    predictor = load_predictor(model_dirs[QA], "openvino", fuse=True)
+    assert predictor.model_dir == model_dirs[QA]
+    assert_equal_to_eager(predictor, eager[QA], predictor.config.vocab_size)
+    with pytest.raises(UserInputError, match="holds a onnx export, not a paddle one"):
+        load_predictor(tmp_path / "onnx", "paddle")
+
+
+def test_openvino_static_int8_keeps_the_head_in_float(tmp_path, eager):
+    """NNCF int8 calibrated on windows of a SQuAD file: the backbone matmuls read int8
+    (FakeQuantize) inputs, the QA head reads float; runs at any shape. Accuracy is judged on a
+    trained model (benchmarks/export_accuracy.py), not on random tiny weights."""
+    pytest.importorskip("nncf")
+    import openvino
+
+    from mobilebert_paddle.model import MobileBertForQuestionAnswering
+    from tiny_tasks import make_tiny_model_dir, make_tokenizer, write_marker_squad
+
+    model = MobileBertForQuestionAnswering.from_pretrained(make_tiny_model_dir(tmp_path / "base"))
+    model.config.extra["task_settings"] = {"max_seq_length": 32, "doc_stride": 8, "max_query_length": 8}
+    model.save_pretrained(tmp_path / "qa", tokenizer=make_tokenizer())
+    dev = write_marker_squad(tmp_path / "dev.json", 30, seed=2, markers=1, length=24)
+    summary = export_model(tmp_path / "qa", tmp_path / "int8", "openvino", fuse=True, quantize="int8-static",
+                           calibration_data=dev, calibration_count=20)
+    assert summary["quantization"] == "int8-static" and summary["calibration_windows"] == 20
+    graph = openvino.Core().read_model(str(tmp_path / "int8" / "model.xml"))
+    quantized = [op for op in graph.get_ordered_ops() if op.get_type_name() == "MatMul"
+                 and op.input_value(0).get_node().get_type_name() == "FakeQuantize"]
+    (head,) = [op for op in graph.get_ordered_ops() if op.get_friendly_name() in summary["float_nodes"]]
+    assert head.input_value(0).get_node().get_type_name() != "FakeQuantize"
+    assert len(quantized) >= 2 * 5       # per layer: merged projections, attention output, 2 FFNs, bottleneck out
+    predictor = load_predictor(tmp_path / "int8", "openvino")
+    for lengths in CHECK_LENGTHS:
+        batch = padded_batch(predictor.config.vocab_size, lengths=lengths)
+        for got in predictor(**batch):
+            assert got.shape == batch["input_ids"].shape and np.all(np.isfinite(got))
+
+
+def test_without_openvino_one_line_naming_the_extra(tmp_path, model_dirs):
+    """openvino not importable: `--backend openvino` and `--format openvino` each print one
+    line naming the extra to install, exit 2, and write nothing."""
+    import subprocess
+    import sys
+
+    from tiny_tasks import subprocess_env
+
+    blocked = "import sys; sys.modules['openvino'] = None; from mobilebert_paddle.cli import main; sys.exit(main(sys.argv[1:]))"
+    commands = [["export", "--model", model_dirs[QA], "--format", "openvino", "--output", tmp_path / "out"],
+                ["predict", "--model", model_dirs[QA], "--backend", "openvino", "--question", "q", "--context", "c"]]
+    for argv in commands:
+        completed = subprocess.run([sys.executable, "-c", blocked, *map(str, argv)], capture_output=True, text=True,
+                                   env=subprocess_env(), timeout=120)
+        assert completed.returncode == 2 and completed.stdout == ""
+        lines = completed.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mobilebert {argv[0]}: error:"), completed.stderr
+        assert "pip install 'mobilebert-paddle[openvino]'" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------
 # The fused rewrite itself, every config variant (dygraph, no export)
 # ----------------------------------------------------------------------------------------
 

@@ -420,12 +420,14 @@ def static_to_onnx(prefix: Path, architecture: str, opset: int = ONNX_OPSET):
 
 @contextlib.contextmanager
 def stdout_to_stderr():
-    """Send file descriptor 1 (C/C++ libraries' stdout included) to stderr for a while."""
+    """Send file descriptor 1 (C/C++ libraries' stdout included) and Python's sys.stdout (what
+    rich's progress bars in NNCF write to) to stderr for a while."""
     sys.stdout.flush()
     saved = os.dup(1)
     try:
         os.dup2(2, 1)
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)

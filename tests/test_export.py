@@ -456,3 +456,23 @@ def test_bench_bad_backend(tmp_path, model_dirs, capfd):
     assert code == 2
     assert "unknown tensorrt" in one_line_error(capfd)
     assert not (tmp_path / "bench").exists()
+
+
+def test_bench_peers_smoke(tmp_path, model_dirs, capfd):
+    """--peers adds the HF-export peers; every row has its ratio to the best peer of its own
+    precision, and the float32 paths (ours and the peers) equal PyTorch."""
+    pytest.importorskip("nncf")
+    code = cli.main(["bench", "--model", str(model_dirs[QA]), "--batch", "2", "--seq", "8", "--runs", "1",
+                     "--warmup", "1", "--pause", "0", "--backends", "torch,openvino-fused,openvino-fused-int8",
+                     "--peers", "--output", str(tmp_path / "bench")])
+    assert code == 0
+    report = json.loads(capfd.readouterr().out)
+    rows = report["shapes"]["2x8"]["backends"]
+    assert set(rows) == {"torch", "openvino-fused", "openvino-fused-int8", "peer-hf-onnx-ort", "peer-hf-openvino",
+                         "peer-hf-openvino-bf16", "peer-hf-openvino-int8"}
+    assert rows["openvino-fused-int8"]["best_peer"] == "peer-hf-openvino-int8"
+    assert rows["openvino-fused"]["best_peer"] in ("peer-hf-onnx-ort", "peer-hf-openvino")
+    assert rows[rows["openvino-fused"]["best_peer"]]["vs_peer"] == 1.0
+    errors = report["output_check"]["errors"]
+    assert max(errors[name] for name in ("openvino-fused", "peer-hf-onnx-ort", "peer-hf-openvino")) <= TOLERANCE
+    assert report["openvino_cpu"]["default_precision"] and report["calibration"] == "random ids (timing only)"

@@ -240,27 +240,52 @@ class OpenVinoPredictor(Predictor):
     `precision` is OpenVINO's INFERENCE_PRECISION_HINT: "f32" (the default here) keeps float32
     models exact; on CPUs with bfloat16 instructions OpenVINO's own default is "bf16", which
     rounds every matmul's inputs to bfloat16 (relative error ~1e-2 on MobileBERT). int8 IRs
-    (NNCF) run their quantized matmuls in int8 whatever the hint; it applies to the rest."""
+    (NNCF) run their quantized matmuls in int8 whatever the hint; it applies to the rest.
+
+    Large batches (as OnnxPredictor: at least `SPLIT_MIN_TOKENS` tokens, a row per thread) run
+    as one chunk per thread on a second compilation with one single-threaded stream per
+    thread, made on first use, so the cores do not synchronise after every operation.
+    """
 
     backend = "openvino"
+    SPLIT_MIN_TOKENS = OnnxPredictor.SPLIT_MIN_TOKENS
 
     def __init__(self, config: MobileBertConfig, model_dir: Path, model_path: Path, names: Sequence[str],
-                 threads: Optional[int] = None, precision: str = "f32"):
+                 threads: Optional[int] = None, precision: str = "f32", split_batches: bool = True):
         super().__init__(config, model_dir, names)
         self.threads = threads or default_threads()
         self.precision = precision
-        core = openvino_core()
-        self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU",
-                                           openvino_settings(self.threads, precision))
+        self.core = openvino_core()
+        self.model = self.core.read_model(str(model_path))
+        self.compiled = self.core.compile_model(self.model, "CPU", openvino_settings(self.threads, precision))
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
-        self.output_ports = [self.compiled.output(name) for name in self.output_names]
+        self.split_batches = split_batches and self.threads > 1
+        self._streams = None
 
     def run(self, input_ids, token_type_ids, attention_mask):
         arrays = dict(zip(INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
         feed = {name: np.ascontiguousarray(arrays[name]) for name in self.input_names}
+        rows = input_ids.shape[0]
+        if self.split_batches and rows >= self.threads and input_ids.size >= self.SPLIT_MIN_TOKENS:
+            return self._run_split(feed, rows)
         results = self.request.infer(feed, share_inputs=True)      # outputs are copies (share_outputs=False)
-        return [results[port] for port in self.output_ports]
+        return [results[name] for name in self.output_names]
+
+    def _run_split(self, feed: dict, rows: int) -> list:
+        if self._streams is None:
+            settings = {**openvino_settings(self.threads, self.precision), "NUM_STREAMS": self.threads,
+                        "PERFORMANCE_HINT": "THROUGHPUT"}
+            compiled = self.core.compile_model(self.model, "CPU", settings)
+            self._streams = [compiled.create_infer_request() for _ in range(self.threads)]
+        bounds = np.linspace(0, rows, self.threads + 1).astype(int)
+        for request, start, end in zip(self._streams, bounds[:-1], bounds[1:]):
+            request.start_async({name: np.ascontiguousarray(value[start:end]) for name, value in feed.items()})
+        chunks = []
+        for request in self._streams:
+            request.wait()
+            chunks.append([request.get_tensor(name).data.copy() for name in self.output_names])
+        return [np.concatenate([chunk[index] for chunk in chunks]) for index in range(len(self.output_names))]
 
 
 def openvino_core():

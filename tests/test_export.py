@@ -161,6 +161,19 @@ def test_openvino_runs_onnx_exports_and_model_dirs(tmp_path, model_dirs, eager):
         load_predictor(tmp_path / "onnx", "paddle")
 
 
+def test_openvino_large_batch_split_across_streams_equals_eager(model_dirs, eager):
+    """Batches of >= 2048 tokens run as one chunk per thread on single-threaded streams."""
+    pytest.importorskip("openvino")
+    predictor = load_predictor(model_dirs[QA], "openvino", fuse=True, threads=2)
+    lengths = tuple(int(length) for length in np.random.default_rng(3).integers(1, 65, size=41))
+    batch = padded_batch(predictor.config.vocab_size, lengths=lengths + (64,))
+    assert batch["input_ids"].size >= predictor.SPLIT_MIN_TOKENS
+    actual, expected = predictor(**batch), eager[QA](**batch)
+    assert predictor._streams is not None and len(predictor._streams) == 2     # the split path ran
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape and relative_error(got, want) <= TOLERANCE
+
+
 def test_openvino_static_int8_keeps_the_head_in_float(tmp_path, eager):
     """NNCF int8 calibrated on windows of a SQuAD file: the backbone matmuls read int8
     (FakeQuantize) inputs, the QA head reads float; runs at any shape. Accuracy is judged on a

@@ -1,6 +1,7 @@
 """SQuAD scores of every export of a trained QA model, against the eager Paddle model.
 
-Exports the model (ONNX plain and fused, each in float32 and int8; static Paddle fused) into a
+Exports the model (ONNX plain and fused, each in float32 and dynamic int8; static Paddle fused;
+OpenVINO fused float32 and NNCF static int8 calibrated on windows of the dev set) into a
 temporary directory, runs the dev set through each with the evaluation code `mobilebert
 evaluate` uses, and prints EM / F1 and how often the start and end argmax of each window
 agree with eager (issue 6 asks: float32 exports equal; int8 within 1 point, >= 99% agreement).
@@ -40,6 +41,9 @@ EXPORTS = {  # name -> (format, fuse, quantize)
     "paddle-fused": ("paddle", True, None),
     "onnx-int8": ("onnx", False, "int8"),
     "onnx-fused-int8": ("onnx", True, "int8"),
+    "openvino-fused": ("openvino", True, None),
+    "openvino-int8-static": ("openvino", False, "int8-static"),
+    "openvino-fused-int8-static": ("openvino", True, "int8-static"),
 }
 ACTIVATION_GRANULARITIES = ("tensor", "row", "channel")
 
@@ -87,7 +91,8 @@ def score_model(model: Path, data: Path, task_name: str, batch_size: int, activa
     with tempfile.TemporaryDirectory() as staging:
         for name, (export_format, fuse, quantize) in EXPORTS.items():
             directory = Path(staging) / name
-            export_model(model, directory, export_format, fuse=fuse, quantize=quantize)
+            calibration = data if quantize == "int8-static" else None    # the dev windows themselves
+            export_model(model, directory, export_format, fuse=fuse, quantize=quantize, calibration_data=calibration)
             results[name] = score(load_predictor(directory, export_format))
             print(f"{name:24s} {results[name]}", flush=True)
     if activation_study:

@@ -1,8 +1,10 @@
 """`mobilebert bench`: latency and throughput of every inference path, side by side, in one process.
 
 For a model dir it builds every backend from the same weights -- Paddle eager, Paddle Inference
-(with oneDNN, plain and fused, and without oneDNN), ONNX Runtime (plain, fused, int8) and HuggingFace's PyTorch
-model (the Paddle weights converted back in memory with `paddle_to_hf`) -- checks each one's
+(with oneDNN, plain and fused, and without oneDNN), ONNX Runtime (plain, fused, int8), OpenVINO
+(when named in --backends: float32 plain and fused, NNCF static int8, bf16), HuggingFace's PyTorch
+model (the Paddle weights converted back in memory with `paddle_to_hf`) and, with --peers, what a
+user would run instead (peers.py: the HF model through ONNX Runtime and OpenVINO) -- checks each one's
 outputs against PyTorch, then times them interleaved (one call of each backend per round,
 the order rotated every round so no backend always runs right after another) and reports the
 median of `--runs` rounds after `--warmup` calls.
@@ -29,7 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -40,21 +42,40 @@ from .files import atomic_write_bytes, atomic_write_json, check_creatable_dir, e
 
 logger = logging.getLogger(__name__)
 
-# name -> (export format, fuse, quantize, Paddle Inference oneDNN); None = not an export.
+class ExportSpec(NamedTuple):
+    format: str
+    fuse: bool = False
+    quantize: Optional[str] = None
+    onednn: bool = True           # Paddle Inference only
+    precision: str = "f32"        # OpenVINO only: its INFERENCE_PRECISION_HINT
+
+
+# name -> how it is exported; None = not an export. The peers (`--peers`) are in peers.py.
 BACKENDS = {
     "torch": None,
     "paddle-eager": None,
-    "paddle-inference": ("paddle", False, None, True),
-    "paddle-inference-fused": ("paddle", True, None, True),
-    "paddle-inference-no-onednn": ("paddle", False, None, False),
-    "onnx": ("onnx", False, None, False),
-    "onnx-fused": ("onnx", True, None, False),
-    "onnx-int8": ("onnx", False, "int8", False),
-    "onnx-fused-int8": ("onnx", True, "int8", False),
+    "paddle-inference": ExportSpec("paddle"),
+    "paddle-inference-fused": ExportSpec("paddle", fuse=True),
+    "paddle-inference-no-onednn": ExportSpec("paddle", onednn=False),
+    "onnx": ExportSpec("onnx"),
+    "onnx-fused": ExportSpec("onnx", fuse=True),
+    "onnx-int8": ExportSpec("onnx", quantize="int8"),
+    "onnx-fused-int8": ExportSpec("onnx", fuse=True, quantize="int8"),
+    "openvino": ExportSpec("openvino"),
+    "openvino-fused": ExportSpec("openvino", fuse=True),
+    "openvino-fused-int8": ExportSpec("openvino", fuse=True, quantize="int8-static"),
+    "openvino-fused-bf16": ExportSpec("openvino", fuse=True, precision="bf16"),
 }
+# Timed unless --backends says otherwise: the OpenVINO ones need the optional extra.
+DEFAULT_BACKENDS = [name for name in BACKENDS if not name.startswith("openvino")]
 REFERENCE = "torch"
 # Bounds that keep a typo from allocating terabytes or sleeping for ever (one row of 512 int64 is 4 KB)
 MAX_BATCH, MAX_THREADS, MAX_PAUSE = 4096, 1024, 3600.0
+
+
+def precision_kind(name: str) -> str:
+    """float32, bf16 or int8: which peers a path is compared with."""
+    return "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
 
 
 # ----------------------------------------------------------------------------------------
@@ -130,8 +151,8 @@ def _seconds(function: Callable) -> float:
 # Building the backends
 # ----------------------------------------------------------------------------------------
 
-def torch_twin(model, config: MobileBertConfig, threads: int):
-    """HF's PyTorch model with the Paddle model's weights (converted back in memory)."""
+def hf_twin(model, config: MobileBertConfig, threads: int):
+    """HF's PyTorch model (eval mode) with the Paddle model's weights (converted back in memory)."""
     try:
         import torch
         import transformers
@@ -151,6 +172,11 @@ def torch_twin(model, config: MobileBertConfig, threads: int):
     missing = [key for key in result.missing_keys if not key.endswith(tied_or_buffers)]
     if missing or result.unexpected_keys:
         raise RuntimeError(f"PyTorch twin: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
+    return hf_model
+
+
+def torch_runner(hf_model):
+    import torch
 
     def run(input_ids, token_type_ids, attention_mask):
         with torch.inference_mode():
@@ -162,35 +188,48 @@ def torch_twin(model, config: MobileBertConfig, threads: int):
 
 
 def build_backends(names: list, model, config: MobileBertConfig, model_dir: Path, staging: Path,
-                   threads: int) -> dict:
+                   threads: int, calibration: Optional[dict] = None) -> dict:
     """{name: callable(input_ids, token_type_ids, attention_mask) -> tuple of arrays}, plus
-    the RSS each one added when built."""
-    from .export import (EagerPredictor, OnnxPredictor, PaddleInferencePredictor, PADDLE_PREFIX,
-                         write_export)
+    the RSS each one added when built. `calibration`: model inputs for the static int8 paths."""
+    from . import peers
 
     backends, memory = {}, {}
+    hf_model = None
     for name in names:
         before = resident_mb()
         started = time.perf_counter()
-        spec = BACKENDS[name]
+        if name == "torch" or name in peers.PEERS:
+            hf_model = hf_model if hf_model is not None else hf_twin(model, config, threads)
         if name == "torch":
-            backends[name] = torch_twin(model, config, threads)
-        elif name == "paddle-eager":
-            backends[name] = EagerPredictor(model, config, model_dir)
+            backends[name] = torch_runner(hf_model)
+        elif name in peers.PEERS:
+            backends[name] = peers.build_peer(name, hf_model, config, staging, threads, calibration)
         else:
-            export_format, fuse, quantize, onednn = spec
-            directory = staging / name
-            directory.mkdir()
-            manifest = write_export(model, config, model_dir, directory, export_format, fuse=fuse, quantize=quantize)
-            if export_format == "paddle":
-                backends[name] = PaddleInferencePredictor(config, model_dir, directory / PADDLE_PREFIX,
-                                                          manifest["outputs"], threads, mkldnn=onednn)
-            else:
-                backends[name] = OnnxPredictor(config, model_dir, str(directory / manifest["model_file"]),
-                                               manifest["outputs"], threads)
+            backends[name] = build_ours(name, model, config, model_dir, staging, threads, calibration)
         memory[name] = resident_mb() - before
         logger.info("built %s in %.1f s", name, time.perf_counter() - started)
     return backends, memory
+
+
+def build_ours(name: str, model, config: MobileBertConfig, model_dir: Path, staging: Path, threads: int,
+               calibration: Optional[dict]):
+    from .export import (EagerPredictor, OnnxPredictor, OpenVinoPredictor, PaddleInferencePredictor, PADDLE_PREFIX,
+                         write_export)
+
+    spec = BACKENDS[name]
+    if spec is None:
+        return EagerPredictor(model, config, model_dir)
+    directory = staging / name
+    directory.mkdir()
+    manifest = write_export(model, config, model_dir, directory, spec.format, fuse=spec.fuse, quantize=spec.quantize,
+                            calibration=calibration)
+    model_file = directory / manifest["model_file"]
+    if spec.format == "paddle":
+        return PaddleInferencePredictor(config, model_dir, directory / PADDLE_PREFIX, manifest["outputs"], threads,
+                                        mkldnn=spec.onednn)
+    if spec.format == "openvino":
+        return OpenVinoPredictor(config, model_dir, model_file, manifest["outputs"], threads, spec.precision)
+    return OnnxPredictor(config, model_dir, str(model_file), manifest["outputs"], threads)
 
 
 # ----------------------------------------------------------------------------------------
@@ -287,16 +326,31 @@ def check_outputs(backends: dict, inputs: tuple) -> dict:
 # ----------------------------------------------------------------------------------------
 
 def summarise(results: dict, flops: float, rate_gflops: float, batch: int) -> dict:
+    """Per backend: median and fastest ms, the ratio to PyTorch, to the FLOP floor, and to the
+    best peer of the same precision (float32 / bf16 / int8), by medians and by fastest calls."""
+    from .peers import PEERS
+
     floor_ms = flops / (rate_gflops * 1e9) * 1e3
-    reference = results.get(REFERENCE)
-    reference_ms = float(np.median(reference["times"])) * 1e3 if reference else None
+    medians = {name: float(np.median(result["times"])) * 1e3 for name, result in results.items()}
+    fastest = {name: min(result["times"]) * 1e3 for name, result in results.items()}
+    best_peer = {}
+    for name in results:
+        if name in PEERS:
+            kind = precision_kind(name)
+            if kind not in best_peer or medians[name] < medians[best_peer[kind]]:
+                best_peer[kind] = name
+    reference_ms = medians.get(REFERENCE)
     rows = {}
     for name, result in results.items():
-        ms = float(np.median(result["times"])) * 1e3
-        rows[name] = {"ms": round(ms, 2), "min_ms": round(min(result["times"]) * 1e3, 2),
+        ms, peer = medians[name], best_peer.get(precision_kind(name))
+        rows[name] = {"ms": round(ms, 2), "min_ms": round(fastest[name], 2),
                       "sequences_per_s": round(batch / ms * 1e3, 2),
                       "vs_torch": round(ms / reference_ms, 3) if reference_ms else None,
-                      "vs_floor": round(ms / floor_ms, 2), "peak_mb": round(result["peak_mb"], 1)}
+                      "vs_floor": round(ms / floor_ms, 2), "min_vs_floor": round(fastest[name] / floor_ms, 2),
+                      "best_peer": peer,
+                      "vs_peer": round(ms / medians[peer], 3) if peer else None,
+                      "min_vs_peer": round(fastest[name] / fastest[peer], 3) if peer else None,
+                      "peak_mb": round(result["peak_mb"], 1)}
     return {"gflop": round(flops / 1e9, 2), "floor_ms": round(floor_ms, 2), "backends": rows}
 
 
@@ -304,11 +358,14 @@ def print_table(shape_name: str, summary: dict, errors: dict, stream=sys.stderr)
     print(f"\n{shape_name}: {summary['gflop']} GFLOP, floor {summary['floor_ms']} ms "
           f"(matmul rate just before: {summary['matmul_gflops_before']} GFLOP/s)", file=stream)
     print(f"{'backend':26s} {'ms':>9s} {'min ms':>9s} {'seq/s':>8s} {'vs torch':>8s} {'vs floor':>8s} "
-          f"{'peak MB':>8s} {'rel err':>8s}", file=stream)
+          f"{'vs peer':>8s} {'(min)':>6s} {'peak MB':>8s} {'rel err':>8s}", file=stream)
     for name, row in summary["backends"].items():
         ratio = f"{row['vs_torch']:.3f}" if row["vs_torch"] is not None else "-"
+        peer = f"{row['vs_peer']:.3f}" if row["vs_peer"] is not None else "-"
+        peer_min = f"{row['min_vs_peer']:.3f}" if row["min_vs_peer"] is not None else "-"
         print(f"{name:26s} {row['ms']:9.1f} {row['min_ms']:9.1f} {row['sequences_per_s']:8.1f} {ratio:>8s} "
-              f"{row['vs_floor']:8.2f} {row['peak_mb']:8.1f} {errors.get(name, float('nan')):8.1e}", file=stream)
+              f"{row['vs_floor']:8.2f} {peer:>8s} {peer_min:>6s} {row['peak_mb']:8.1f} "
+              f"{errors.get(name, float('nan')):8.1e}", file=stream)
 
 
 def write_chart(report: dict, path: Path) -> None:
@@ -326,20 +383,25 @@ def write_chart(report: dict, path: Path) -> None:
         summary = report["shapes"][shape_name]
         names = list(summary["backends"])
         values = [summary["backends"][name]["ms"] for name in names]
-        colors = ["#888888" if name == REFERENCE else "#3b75af" if "onnx" in name else "#c44e52" for name in names]
+        colors = ["#888888" if name == REFERENCE else "#55a868" if name.startswith("peer-")
+                  else "#8172b2" if "openvino" in name else "#3b75af" if "onnx" in name else "#c44e52"
+                  for name in names]
         bars = axis.bar(range(len(names)), values, color=colors)
         for bar, name in zip(bars, names):
-            ratio = summary["backends"][name]["vs_torch"]
-            if ratio is not None:
-                axis.annotate(f"{ratio:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                              ha="center", va="bottom", fontsize=7)
+            row = summary["backends"][name]
+            labels = [f"{row['vs_torch']:.2f}" if row["vs_torch"] is not None else "",
+                      f"{row['vs_peer']:.2f}" if row["vs_peer"] is not None else ""]
+            axis.annotate("\n".join(label for label in labels if label),
+                          (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                          fontsize=6)
         axis.axhline(summary["floor_ms"], color="black", linestyle="--", linewidth=1, label="FLOP floor")
         axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         axis.set_ylabel("ms per batch (median)")
         axis.set_title(f"{shape_name} ({summary['gflop']} GFLOP)")
         axis.legend(fontsize=8)
     figure.suptitle(f"MobileBERT {report['architecture']} on {report['machine']['processor']}, "
-                    f"{report['threads']} threads (ratios: x PyTorch)", fontsize=9)
+                    f"{report['threads']} threads (above each bar: x PyTorch, then x the best peer of the "
+                    f"same precision; green: peers)", fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -379,8 +441,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=flags.integers(minimum=1), default="128,384", help="sequence lengths, comma-separated")
     parser.add_argument("--runs", type=flags.integer(minimum=1), default=5, help="timed rounds per shape (median reported)")
     parser.add_argument("--warmup", type=flags.integer(minimum=0), default=2, help="untimed calls per backend and shape first")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
+    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                         help=f"which to time, comma-separated, from: {', '.join(BACKENDS)}")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time what a user would pick instead, from the same weights: the HF model "
+                             "exported by torch.onnx.export in ONNX Runtime (transformers optimizer) and in "
+                             "OpenVINO (float32, its default precision, NNCF int8; those need the openvino extra)")
+    parser.add_argument("--calibration-data", default=None, metavar="FILE",
+                        help="task data (e.g. SQuAD dev JSON) for the static int8 paths' calibration "
+                             "[default: random ids, which is enough for timing]")
     parser.add_argument("--threads", type=flags.integer(minimum=1, maximum=MAX_THREADS), default=None,
                         help="threads for PyTorch, ONNX Runtime and Paddle Inference [default: OMP_NUM_THREADS, "
                              "which the CLI sets to the core count]%(default).0s")
@@ -394,10 +463,20 @@ def run(args: argparse.Namespace) -> dict:
     from .cli import inputs_accepted
     from .export import default_threads, load_eager_model
 
+    from . import peers
+
     names = parse_list(args.backends, "--backends", str)
-    unknown = [name for name in names if name not in BACKENDS]
+    unknown = [name for name in names if name not in BACKENDS and name not in peers.PEERS]
     if unknown:
         raise UserInputError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    if args.peers:
+        names += [name for name in peers.available_peers() if name not in names]
+    if any("openvino" in name for name in names):
+        from .export import openvino_core
+
+        openvino_core()                      # not installed: one line naming the extra
+    if args.calibration_data is not None and not Path(args.calibration_data).is_file():
+        raise UserInputError(f"--calibration-data {args.calibration_data}: no such file")
     shapes = [(batch, length) for batch in args.batch for length in args.seq]   # flags.integers: checked lists
     model_dir = Path(args.model)
     if not model_dir.is_dir():
@@ -409,8 +488,16 @@ def run(args: argparse.Namespace) -> dict:
     if too_long:
         raise UserInputError(f"--seq {too_long[0]} exceeds the model's max_position_embeddings "
                              f"({config.max_position_embeddings})")
+    calibration = None
+    if any("int8" in name and (name in peers.PEERS or BACKENDS[name].quantize == "int8-static") for name in names):
+        from .export import calibration_windows, import_nncf
+
+        import_nncf()
+        calibration = (calibration_windows(model_dir, config, Path(args.calibration_data)) if args.calibration_data
+                       else peers.random_calibration(config))
     inputs_accepted()
-    report = bench(model, config, model_dir, names, shapes, args.runs, args.warmup, threads, args.pause)
+    report = bench(model, config, model_dir, names, shapes, args.runs, args.warmup, threads, args.pause, calibration)
+    report["calibration"] = args.calibration_data or ("random ids (timing only)" if calibration else None)
     output = ensure_writable_dir(args.output)
     atomic_write_json(output / "bench.json", report)
     write_chart(report, output / "bench.png")
@@ -419,7 +506,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def bench(model, config: MobileBertConfig, model_dir: Path, names: list, shapes: list, runs: int, warmup: int,
-          threads: int, pause: float = 0.3) -> dict:
+          threads: int, pause: float = 0.3, calibration: Optional[dict] = None) -> dict:
     rates = matmul_rate()
     rate = max(rates.values())   # the best rate seen in the run: contention from other processes only lowers it
     logger.info("float32 matmul rate: %s GFLOP/s", {key: round(value, 1) for key, value in rates.items()})
@@ -428,8 +515,12 @@ def bench(model, config: MobileBertConfig, model_dir: Path, names: list, shapes:
               "machine": machine_info(),
               "matmul_gflops": {key: round(value, 1) for key, value in rates.items()},
               "runs": runs, "warmup": warmup, "pause_s": pause, "shapes": {}, "output_check": {}}
+    if any("openvino" in name for name in names):
+        from .export import openvino_cpu
+
+        report["openvino_cpu"] = openvino_cpu()    # bf16 / int8 kernels, default precision
     with tempfile.TemporaryDirectory(prefix="mobilebert-bench-") as staging:
-        backends, built_mb = build_backends(names, model, config, model_dir, Path(staging), threads)
+        backends, built_mb = build_backends(names, model, config, model_dir, Path(staging), threads, calibration)
         report["built_mb"] = {name: round(value, 1) for name, value in built_mb.items()}
         report["thread_settings"] = thread_settings(threads)
         timed = {}
@@ -455,7 +546,7 @@ def bench(model, config: MobileBertConfig, model_dir: Path, names: list, shapes:
 
 def thread_settings(threads: int) -> dict:
     settings = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "onnxruntime_intra_op": threads,
-                "paddle_inference_cpu_math": threads}
+                "paddle_inference_cpu_math": threads, "openvino_inference_num_threads": threads}
     try:
         import torch
 

@@ -5,7 +5,7 @@ The seam is a *predictor*: a callable taking a batch of numpy arrays
 {"input_ids", "token_type_ids", "attention_mask"} (B, T) int64 and returning the head's
 outputs as numpy arrays (QA: start and end logits (B, T); classification: logits (B, C)),
 a single array or a tuple. `eager_predictor(model)` wraps a Paddle model in memory (what the
-trainer uses); `--backend paddle|onnx` plugs in `mobilebert_paddle.export.load_predictor`,
+trainer uses); `--backend paddle|onnx|openvino` plugs in `mobilebert_paddle.export.load_predictor`,
 so an exported model is scored by exactly the same windows, post-processing and metrics.
 """
 
@@ -29,7 +29,7 @@ from .tasks import (CLASSIFICATION_HEAD, MODEL_INPUT_NAMES, QA_HEAD, TASK_NAMES,
 logger = logging.getLogger(__name__)
 
 Predictor = Callable[[dict], Any]
-BACKENDS = ("eager", "paddle", "onnx")
+BACKENDS = ("eager", "paddle", "onnx", "openvino")
 MIN_SEQ_LENGTH = 5   # [CLS] x [SEP] y [SEP]: the shortest row that holds a token of each text
 
 
@@ -225,8 +225,9 @@ def add_task_settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="eager",
-                        help="eager: the Paddle model in memory; paddle / onnx: an exported model "
-                             "(mobilebert_paddle.export.load_predictor)")
+                        help="eager: the Paddle model in memory; paddle / onnx / openvino: an exported model, "
+                             "or a model dir exported in memory (mobilebert_paddle.export.load_predictor); "
+                             "openvino runs float32 exactly (INFERENCE_PRECISION_HINT f32), on OMP_NUM_THREADS threads")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where eager Paddle runs")
 
 

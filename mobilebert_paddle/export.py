@@ -37,13 +37,18 @@ from .files import SMALL_FILE_BYTES, atomic_directory, atomic_write_json, check_
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("paddle", "onnx")
-QUANTIZATIONS = ("int8",)
-BACKENDS = ("eager", "paddle", "onnx")
+FORMATS = ("paddle", "onnx", "openvino")
+QUANTIZATIONS = ("int8", "int8-static")
+BACKENDS = ("eager", "paddle", "onnx", "openvino")
+# Which backends run an export of each format (OpenVINO reads ONNX models as well as its own IR).
+FORMAT_BACKENDS = {"paddle": ("paddle",), "onnx": ("onnx", "openvino"), "openvino": ("openvino",)}
 INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 MANIFEST_NAME = "export.json"
 PADDLE_PREFIX = "model"                 # paddle.jit.save writes model.json + model.pdiparams
 ONNX_NAME = "model.onnx"
+OPENVINO_NAME = "model.xml"             # OpenVINO IR: model.xml + model.bin
+OPENVINO_EXTRA = "pip install 'mobilebert-paddle[openvino]'"
+CALIBRATION_WINDOWS = 300               # static int8: windows sampled from --calibration-data
 ONNX_OPSET = 17
 # paddle2onnx 2.1 accepts 7..21 but writes opset 10 for anything below 10 (aborts above 21);
 # 10..21 each give a model of that opset that matches eager, --fuse and int8 included (measured)
@@ -232,24 +237,106 @@ def onnx_session(model: "str | bytes", threads: int):
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+class OpenVinoPredictor(Predictor):
+    """An ONNX model or an OpenVINO IR run by OpenVINO's CPU plugin (one latency-mode stream
+    on `threads` threads).
+
+    `precision` is OpenVINO's INFERENCE_PRECISION_HINT: "f32" (the default here) keeps float32
+    models exact; on CPUs with bfloat16 instructions OpenVINO's own default is "bf16", which
+    rounds every matmul's inputs to bfloat16 (relative error ~1e-2 on MobileBERT). int8 IRs
+    (NNCF) run their quantized matmuls in int8 whatever the hint; it applies to the rest.
+
+    Large batches (as OnnxPredictor: at least `SPLIT_MIN_TOKENS` tokens, a row per thread) run
+    as one chunk per thread on a second compilation with one single-threaded stream per
+    thread, made on first use, so the cores do not synchronise after every operation.
+    """
+
+    backend = "openvino"
+    SPLIT_MIN_TOKENS = OnnxPredictor.SPLIT_MIN_TOKENS
+
+    def __init__(self, config: MobileBertConfig, model_dir: Path, model_path: Path, names: Sequence[str],
+                 threads: Optional[int] = None, precision: str = "f32", split_batches: bool = True):
+        super().__init__(config, model_dir, names)
+        self.threads = threads or default_threads()
+        self.precision = precision
+        self.core = openvino_core()
+        self.model = self.core.read_model(str(model_path))
+        self.compiled = self.core.compile_model(self.model, "CPU", openvino_settings(self.threads, precision))
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        self.split_batches = split_batches and self.threads > 1
+        self._streams = None
+
+    def run(self, input_ids, token_type_ids, attention_mask):
+        arrays = dict(zip(INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
+        feed = {name: np.ascontiguousarray(arrays[name]) for name in self.input_names}
+        rows = input_ids.shape[0]
+        if self.split_batches and rows >= self.threads and input_ids.size >= self.SPLIT_MIN_TOKENS:
+            return self._run_split(feed, rows)
+        results = self.request.infer(feed, share_inputs=True)      # outputs are copies (share_outputs=False)
+        return [results[name] for name in self.output_names]
+
+    def _run_split(self, feed: dict, rows: int) -> list:
+        if self._streams is None:
+            settings = {**openvino_settings(self.threads, self.precision), "NUM_STREAMS": self.threads,
+                        "PERFORMANCE_HINT": "THROUGHPUT"}
+            compiled = self.core.compile_model(self.model, "CPU", settings)
+            self._streams = [compiled.create_infer_request() for _ in range(self.threads)]
+        bounds = np.linspace(0, rows, self.threads + 1).astype(int)
+        for request, start, end in zip(self._streams, bounds[:-1], bounds[1:]):
+            request.start_async({name: np.ascontiguousarray(value[start:end]) for name, value in feed.items()})
+        chunks = []
+        for request in self._streams:
+            request.wait()
+            chunks.append([request.get_tensor(name).data.copy() for name in self.output_names])
+        return [np.concatenate([chunk[index] for chunk in chunks]) for index in range(len(self.output_names))]
+
+
+def openvino_core():
+    """openvino.Core(), or a one-line error naming the extra to install."""
+    try:
+        import openvino
+    except ImportError:
+        raise UserInputError(f"the openvino backend needs OpenVINO, which is not installed: {OPENVINO_EXTRA}") from None
+    return openvino.Core()
+
+
+def openvino_settings(threads: int, precision: str = "f32") -> dict:
+    return {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY"}
+
+
+def openvino_cpu() -> dict:
+    """What OpenVINO says about this CPU: whether it has bf16 / int8 kernels, and its default
+    inference precision (bf16 where the CPU has it)."""
+    core = openvino_core()
+    import openvino
+
+    return {"openvino": openvino.__version__, "device": core.get_property("CPU", "FULL_DEVICE_NAME"),
+            "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+            "default_precision": str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))}
+
+
 def load_predictor(model_dir: "str | os.PathLike", backend: str = "eager", *, fuse: bool = False,
                    threads: Optional[int] = None) -> Predictor:
-    """A predictor for `model_dir` on `backend` ("eager", "paddle" or "onnx").
+    """A predictor for `model_dir` on `backend` ("eager", "paddle", "onnx" or "openvino").
 
     `model_dir` is an export dir (from `mobilebert export`) or a model dir with weights. An
-    export dir runs on the backend of its format; a model dir runs eagerly or, for "paddle" /
-    "onnx", is exported in memory first (with `fuse` if asked), so evaluating a trained model
-    on another backend needs no separate export step.
+    export dir runs on the backend of its format (an ONNX export on "onnx" or "openvino"); a
+    model dir runs eagerly or is exported in memory first to the backend's own format (with
+    `fuse` if asked), so evaluating a trained model on another backend needs no export step.
     """
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "openvino":
+        openvino_core()                      # not installed: one line before any work
     directory = Path(model_dir)
     manifest = read_manifest(directory)
     if manifest is not None:
-        if manifest["format"] != backend:
+        if backend not in FORMAT_BACKENDS[manifest["format"]]:
             raise UserInputError(f"{directory}: holds a {manifest['format']} export, not a {backend} one "
                                  f"(use --backend {manifest['format']}, or export with --format {backend})")
-        return load_exported(directory, manifest, threads)
+        return load_exported(directory, manifest, threads, backend=backend)
     if not directory.is_dir():
         raise UserInputError(f"{directory}: no such model directory")
     model, config = load_eager_model(directory)
@@ -277,23 +364,26 @@ def load_eager_model(directory: Path):
 
 
 def load_exported(directory: Path, manifest: dict, threads: Optional[int] = None,
-                  model_dir: Optional[Path] = None) -> Predictor:
+                  model_dir: Optional[Path] = None, backend: Optional[str] = None) -> Predictor:
     config = MobileBertConfig.from_pretrained(directory)
     names = manifest["outputs"]
     shown_dir = model_dir or directory
+    backend = backend or manifest["format"]
     model_file = directory / manifest["model_file"]
-    shown_files = f"{directory / PADDLE_PREFIX}.json / .pdiparams" if manifest["format"] == "paddle" else model_file
+    shown_files = f"{directory / PADDLE_PREFIX}.json / .pdiparams" if backend == "paddle" else model_file
     try:
-        if manifest["format"] == "paddle":
+        if backend == "paddle":
             predictor = PaddleInferencePredictor(config, shown_dir, directory / PADDLE_PREFIX, names, threads)
+        elif backend == "openvino":
+            predictor = OpenVinoPredictor(config, shown_dir, model_file, names, threads)
         else:  # read the bytes now: the file may be in a temporary directory about to be removed
             predictor = OnnxPredictor(config, shown_dir, read_model_bytes(model_file), names, threads)
         check_runs(predictor, config, manifest.get("architecture", ""))
     except UserInputError:
         raise
-    except Exception as error:  # onnxruntime / Paddle Inference raise their own types for bad files
+    except Exception as error:  # onnxruntime / Paddle Inference / OpenVINO raise their own types for bad files
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise UserInputError(f"{shown_files}: unreadable {manifest['format']} model (truncated or corrupt?): "
+        raise UserInputError(f"{shown_files}: unreadable {backend} model (truncated or corrupt?): "
                              f"{reason[:160]}") from None
     return predictor
 
@@ -408,12 +498,14 @@ def static_to_onnx(prefix: Path, architecture: str, opset: int = ONNX_OPSET):
 
 @contextlib.contextmanager
 def stdout_to_stderr():
-    """Send file descriptor 1 (C/C++ libraries' stdout included) to stderr for a while."""
+    """Send file descriptor 1 (C/C++ libraries' stdout included) and Python's sys.stdout (what
+    rich's progress bars in NNCF write to) to stderr for a while."""
     sys.stdout.flush()
     saved = os.dup(1)
     try:
         os.dup2(2, 1)
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -544,8 +636,10 @@ def compare_with_eager(predictor: Predictor, reference: Predictor, batch: dict) 
 
 
 def write_export(model, config: MobileBertConfig, source: Path, staging: Path, export_format: str,
-                 fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET) -> dict:
-    """Write the export into the (empty) directory `staging`; returns the manifest."""
+                 fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET,
+                 calibration: Optional[dict] = None) -> dict:
+    """Write the export into the (empty) directory `staging`; returns the manifest.
+    `calibration`: model inputs {name: (N, T) array} for --quantize int8-static."""
     from .modeldir import copy_tokenizer_files
 
     architecture = config.architectures[0]
@@ -564,6 +658,8 @@ def write_export(model, config: MobileBertConfig, source: Path, staging: Path, e
     if export_format == "paddle":
         save_static_model(layer, architecture, staging / PADDLE_PREFIX)
         manifest["model_file"] = f"{PADDLE_PREFIX}.json"
+    elif export_format == "openvino":
+        manifest.update(write_openvino(layer, config, staging, fuse, quantize, opset, calibration))
     else:
         manifest.update(write_onnx(layer, config, staging, fuse, quantize, opset))
     manifest["versions"] = library_versions(export_format)
@@ -578,16 +674,9 @@ def write_onnx(layer, config: MobileBertConfig, staging: Path, fuse: bool, quant
     com.microsoft attention op, so: Gemms (fp32 only), then int8, then attention."""
     import onnx
 
-    from .fuse import fuse_residual_gemms, use_multi_head_attention
+    from .fuse import use_multi_head_attention
 
-    architecture = config.architectures[0]
-    with tempfile.TemporaryDirectory(prefix="static-", dir=staging) as static_dir:
-        prefix = Path(static_dir) / PADDLE_PREFIX
-        save_static_model(layer, architecture, prefix)
-        model = static_to_onnx(prefix, architecture, opset)
-    rewrites = {}
-    if fuse and quantize is None:
-        rewrites["residual_gemms"] = fuse_residual_gemms(model)
+    model, rewrites = layer_to_onnx(layer, config.architectures[0], staging, fuse and quantize is None, opset)
     if quantize == "int8":
         fp32_path, int8_path = staging / "model.fp32.onnx", staging / "model.int8.onnx"
         onnx.save(model, str(fp32_path))
@@ -602,6 +691,64 @@ def write_onnx(layer, config: MobileBertConfig, staging: Path, fuse: bool, quant
     return {"model_file": ONNX_NAME, "opset": opset, "graph_rewrites": rewrites}
 
 
+def layer_to_onnx(layer, architecture: str, staging: Path, residual_gemms: bool, opset: int) -> tuple:
+    """(onnx.ModelProto, {rewrite: count}) of the traced layer, via a static model in a scratch dir."""
+    from .fuse import fuse_residual_gemms
+
+    with tempfile.TemporaryDirectory(prefix="static-", dir=staging) as static_dir:
+        prefix = Path(static_dir) / PADDLE_PREFIX
+        save_static_model(layer, architecture, prefix)
+        model = static_to_onnx(prefix, architecture, opset)
+    rewrites = {"residual_gemms": fuse_residual_gemms(model)} if residual_gemms else {}
+    return model, rewrites
+
+
+def write_openvino(layer, config: MobileBertConfig, staging: Path, fuse: bool, quantize: Optional[str],
+                   opset: int, calibration: Optional[dict] = None) -> dict:
+    """model.xml + model.bin (OpenVINO IR) in `staging`: the ONNX graph (with the residual Gemms
+    when fused; not ONNX Runtime's attention op: OpenVINO builds its own attention from the
+    plain graph) read by OpenVINO, weights kept in float32. int8-static: NNCF's post-training
+    quantization calibrated on the `calibration` windows, the task head left in float32."""
+    import onnx
+    import openvino
+
+    model, rewrites = layer_to_onnx(layer, config.architectures[0], staging, fuse, opset)
+    head_weights = head_weight_names(layer)          # the traced program's names, as the ONNX graph has them
+    head_nodes = [node.name for node in model.graph.node
+                  if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in head_weights]
+    with tempfile.TemporaryDirectory(prefix="onnx-", dir=staging) as scratch:
+        onnx.save(model, str(Path(scratch) / ONNX_NAME))
+        ov_model = openvino.convert_model(str(Path(scratch) / ONNX_NAME))
+    manifest = {"model_file": OPENVINO_NAME, "opset": opset, "graph_rewrites": rewrites}
+    if quantize == "int8-static":
+        ov_model = quantize_static_openvino(ov_model, calibration, head_nodes)
+        manifest["calibration_windows"] = len(calibration["input_ids"])
+        manifest["float_nodes"] = head_nodes
+    openvino.save_model(ov_model, str(staging / OPENVINO_NAME), compress_to_fp16=False)
+    return manifest
+
+
+def quantize_static_openvino(ov_model, calibration: dict, float_nodes: Sequence[str]):
+    """NNCF post-training quantization (transformer preset: int8 weights per channel, int8
+    activations with ranges from the calibration windows, SmoothQuant); `float_nodes` stay float."""
+    nncf = import_nncf()
+    rows = len(calibration["input_ids"])
+    items = [{name: np.ascontiguousarray(calibration[name][row:row + 1], dtype=np.int64) for name in INPUT_NAMES}
+             for row in range(rows)]
+    with stdout_to_stderr(), quiet_root_logger():
+        return nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=rows, ignored_scope=nncf.IgnoredScope(names=list(float_nodes)))
+
+
+def import_nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise UserInputError(f"--quantize int8-static needs NNCF, which is not installed: {OPENVINO_EXTRA}") from None
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    return nncf
+
+
 def library_versions(export_format: str) -> dict:
     import paddle
 
@@ -611,6 +758,15 @@ def library_versions(export_format: str) -> dict:
         import paddle2onnx
 
         versions.update(paddle2onnx=paddle2onnx.__version__, onnxruntime=onnxruntime.__version__)
+    if export_format == "openvino":
+        import openvino
+        import paddle2onnx
+
+        versions.update(paddle2onnx=paddle2onnx.__version__, openvino=openvino.__version__)
+        with contextlib.suppress(ImportError):
+            import nncf
+
+            versions["nncf"] = nncf.__version__
     return versions
 
 
@@ -630,7 +786,8 @@ def check_output_dir(output: Path, source: Path) -> None:
         raise UserInputError(f"{output}: cannot create the output directory ({ancestor} is not a writable directory)")
 
 
-def check_options(export_format: str, quantize: Optional[str], opset: int = ONNX_OPSET) -> None:
+def check_options(export_format: str, quantize: Optional[str], opset: int = ONNX_OPSET,
+                  calibration_data: Optional[Path] = None) -> None:
     """The export's options, for Python callers (the CLI's flags are checked as they are parsed)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UserInputError(f"--opset {opset}: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET}")
@@ -638,14 +795,31 @@ def check_options(export_format: str, quantize: Optional[str], opset: int = ONNX
         raise UserInputError(f"unknown --format {export_format!r}: expected one of {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise UserInputError(f"unknown --quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
-    if quantize is not None and export_format != "onnx":
-        raise UserInputError("--quantize int8 needs --format onnx (Paddle Inference int8 is not supported here)")
+    if quantize == "int8" and export_format != "onnx":
+        raise UserInputError("--quantize int8 needs --format onnx (dynamic int8 runs in ONNX Runtime; "
+                             "for OpenVINO use --quantize int8-static)")
+    if quantize == "int8-static" and export_format != "openvino":
+        raise UserInputError("--quantize int8-static needs --format openvino (NNCF quantizes OpenVINO models)")
+    if quantize == "int8-static" and calibration_data is None:
+        raise UserInputError("--quantize int8-static needs --calibration-data FILE: the task's data its "
+                             "ranges are measured on (e.g. the dev set you evaluate with)")
+    if calibration_data is not None and quantize != "int8-static":
+        raise UserInputError("--calibration-data is only read by --quantize int8-static")
+    if calibration_data is not None and not Path(calibration_data).is_file():
+        raise UserInputError(f"--calibration-data {calibration_data}: no such file")
+    if export_format == "openvino":
+        openvino_core()
+    if quantize == "int8-static":
+        import_nncf()
 
 
 def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike", export_format: str = "onnx",
-                 fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET) -> dict:
-    """Export the model in `model_dir` to `output_dir` (replaced atomically); returns the summary."""
-    check_options(export_format, quantize, opset)
+                 fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET,
+                 calibration_data: "str | os.PathLike | None" = None,
+                 calibration_count: int = CALIBRATION_WINDOWS) -> dict:
+    """Export the model in `model_dir` to `output_dir` (replaced atomically); returns the summary.
+    `calibration_data`: a task data file (SQuAD JSON, GLUE TSV) for --quantize int8-static."""
+    check_options(export_format, quantize, opset, calibration_data)
     source, output = Path(model_dir), Path(output_dir)
     if not source.is_dir():
         raise UserInputError(f"{source}: no such model directory")
@@ -653,9 +827,13 @@ def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike"
     started = time.perf_counter()
     model, config = load_eager_model(source)
     reference = EagerPredictor(model, config, source)
+    calibration = None
+    if calibration_data is not None:
+        calibration = calibration_windows(source, config, Path(calibration_data), calibration_count)
     try:
         with atomic_directory(output) as staging:
-            manifest = write_export(model, config, source, staging, export_format, fuse, quantize, opset)
+            manifest = write_export(model, config, source, staging, export_format, fuse, quantize, opset,
+                                    calibration)
             batch = probe_batch(config, manifest["architecture"])
             errors = compare_with_eager(load_exported(staging, manifest), reference, batch)
             manifest["probe"] = {"shape": list(batch["input_ids"].shape), "relative_error": errors}
@@ -667,6 +845,32 @@ def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike"
     files = sorted(path.name for path in output.iterdir())
     return {"model": str(source), "output": str(output), **manifest, "files": files,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def calibration_windows(model_dir: Path, config: MobileBertConfig, path: Path, count: int = CALIBRATION_WINDOWS,
+                        seed: int = 0) -> dict:
+    """Up to `count` model rows {name: (N, T) int64}, sampled (seeded) from a task data file cut
+    into windows as `evaluate` cuts it, with the model's own window settings."""
+    from .evaluation import check_sequence_length
+    from .tasks import TaskSettings, get_task, load_eval_sets
+    from .tokenizer import MobileBertTokenizer
+
+    task_name = config.extra.get("finetuning_task")
+    if task_name is None and config.architectures[0] == "MobileBertForQuestionAnswering":
+        task_name = "squad1"
+    if task_name is None:
+        raise UserInputError(f"{model_dir}: config.json names no finetuning_task, so --calibration-data "
+                             "cannot be read as a task's data")
+    task = get_task(task_name)
+    settings = TaskSettings.from_args(argparse.Namespace(), task, config)
+    check_sequence_length(settings.max_seq_length, config, model_dir)
+    eval_set = load_eval_sets(task, [str(path)], MobileBertTokenizer.from_pretrained(model_dir), settings)[0]
+    inputs = eval_set.model_inputs()
+    rows = len(inputs["input_ids"])
+    if rows == 0:
+        raise UserInputError(f"--calibration-data {path}: no examples")
+    chosen = np.sort(np.random.default_rng(seed).choice(rows, min(count, rows), replace=False))
+    return {name: np.asarray(inputs[name][chosen], dtype=np.int64) for name in INPUT_NAMES}
 
 
 def check_probe(errors: dict, quantize: Optional[str], output: Path) -> None:
@@ -686,16 +890,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model dir with weights (e.g. runs/squad1/best)")
     parser.add_argument("--format", choices=FORMATS, default="onnx",
                         help="paddle: static Paddle inference model (model.json + model.pdiparams); "
-                             "onnx: model.onnx via paddle2onnx")
+                             "onnx: model.onnx via paddle2onnx; openvino: OpenVINO IR (model.xml + model.bin)")
     parser.add_argument("--output", required=True, help="export directory to write (replaced atomically)")
     parser.add_argument("--fuse", action="store_true",
                         help="inference-only rewrite: fold NoNorms into the Linears, merge projections "
                              "that read the same input (same outputs within float32 rounding)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                        help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only)")
-    parser.add_argument("--opset", type=flags.integer(minimum=MIN_OPSET, maximum=MAX_OPSET), default=ONNX_OPSET, help=f"ONNX opset version, {MIN_OPSET} to {MAX_OPSET}")
+                        help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only); "
+                             "int8-static: NNCF static quantization calibrated on --calibration-data "
+                             "(openvino format only)")
+    parser.add_argument("--calibration-data", default=None, metavar="FILE",
+                        help="int8-static: the task's data (SQuAD JSON / GLUE TSV, e.g. the dev set); "
+                             f"{CALIBRATION_WINDOWS} windows sampled from it measure the activation ranges")
+    parser.add_argument("--calibration-windows", type=flags.integer(minimum=1), default=CALIBRATION_WINDOWS,
+                        help="how many windows to sample from --calibration-data")
+    parser.add_argument("--opset", type=flags.integer(minimum=MIN_OPSET, maximum=MAX_OPSET), default=ONNX_OPSET,
+                        help=f"ONNX opset version, {MIN_OPSET} to {MAX_OPSET}")
 
 
 def run(args: argparse.Namespace) -> dict:
     return export_model(args.model, args.output, args.format, fuse=args.fuse, quantize=args.quantize,
-                        opset=args.opset)
+                        opset=args.opset, calibration_data=args.calibration_data,
+                        calibration_count=args.calibration_windows)

@@ -190,6 +190,16 @@ CASES = [
     Case("export-output-not-export", "export --model {qa} --output {full_dir}", "not an export", "{full_dir}"),
     Case("export-opset-zero", "export --model {qa} --output {out} --opset 0", "argument --opset: must be an integer >= 10 and <= 21, got 0"),
     Case("export-opset-too-high", "export --model {qa} --output {out} --opset 22", "argument --opset: must be an integer >= 10 and <= 21, got 22"),
+    Case("export-int8-static-onnx", "export --model {qa} --output {out} --quantize int8-static "
+         "--calibration-data {squad}", "--quantize int8-static needs --format openvino"),
+    Case("export-int8-static-no-data", "export --model {qa} --output {out} --format openvino --quantize int8-static",
+         "--quantize int8-static needs --calibration-data FILE"),
+    Case("export-calibration-data-missing", "export --model {qa} --output {out} --format openvino "
+         "--quantize int8-static --calibration-data {missing_file}", "no such file"),
+    Case("export-calibration-without-static", "export --model {qa} --output {out} --calibration-data {squad}",
+         "--calibration-data is only read by --quantize int8-static"),
+    Case("export-zero-calibration-windows", "export --model {qa} --output {out} --format openvino "
+         "--quantize int8-static --calibration-data {squad} --calibration-windows 0", "--calibration-windows"),
     # squad-eval ------------------------------------------------------------------------------------
     Case("squad-eval-missing-data", "squad-eval {missing_file} {predictions}", "not found", None),
     Case("squad-eval-malformed-data", "squad-eval {squad_malformed} {predictions}", "invalid JSON at line", None),

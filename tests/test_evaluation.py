@@ -149,6 +149,20 @@ def test_other_backends_plug_in_through_export_load_predictor(qa_run, tmp_path, 
     assert summary["metrics"] == {key: value for key, value in recorded.items() if key != "step"}
 
 
+def test_evaluate_on_openvino_scores_as_eager(qa_run, tmp_path, capsys):
+    """`evaluate --backend openvino` on the trained model dir (exported to OpenVINO IR in memory,
+    run in float32): the same metrics and predictions training recorded with eager Paddle."""
+    pytest.importorskip("openvino")
+    run, dev = qa_run
+    code, summary, err = run_cli(capsys, ["evaluate", "squad1", "--model", run / "best", "--data", dev,
+                                          "--output", tmp_path / "eval", "--backend", "openvino", *QA_FLAGS])
+    assert code == 0, err
+    recorded = json.loads((run / "best" / "metrics.json").read_text())
+    recorded.pop("step")
+    assert summary["backend"] == "openvino" and summary["metrics"] == recorded
+    assert (tmp_path / "eval" / "predictions.json").read_text() == (run / "best" / "predictions.json").read_text()
+
+
 def test_missing_export_module_is_a_clear_error(qa_run, tmp_path, capsys, monkeypatch):
     run, dev = qa_run
     monkeypatch.setitem(sys.modules, "mobilebert_paddle.export", None)     # import fails

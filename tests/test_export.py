@@ -132,6 +132,103 @@ def test_int8_runs(tmp_path, model_dirs, eager, fuse):
 
 
 # ----------------------------------------------------------------------------------------
+# OpenVINO
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_openvino_export_equals_eager_in_float32(tmp_path, model_dirs, eager, fuse):
+    """OpenVINO IR, run with INFERENCE_PRECISION_HINT f32 (OpenVINO's default on CPUs with
+    bf16 would round every matmul), equals eager at shapes other than the export's probe."""
+    pytest.importorskip("openvino")
+    summary = export_model(model_dirs[QA], tmp_path / "ov", "openvino", fuse=fuse)
+    assert {"model.xml", "model.bin"} <= set(summary["files"])
+    assert max(summary["probe"]["relative_error"].values()) <= TOLERANCE
+    predictor = load_predictor(tmp_path / "ov", "openvino", threads=2)
+    assert str(predictor.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert predictor.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    assert_equal_to_eager(predictor, eager[QA], predictor.config.vocab_size)
+
+
+def test_openvino_runs_onnx_exports_and_model_dirs(tmp_path, model_dirs, eager):
+    """--backend openvino on an ONNX export (read by OpenVINO's ONNX frontend), and on a model
+    dir (exported to OpenVINO IR in memory), classification head included."""
+    pytest.importorskip("openvino")
+    export_model(model_dirs[CLASSIFICATION], tmp_path / "onnx", "onnx", fuse=True)
+    predictor = load_predictor(tmp_path / "onnx", "openvino")
+    assert predictor.backend == "openvino" and predictor.output_names == ("logits",)
+    assert_equal_to_eager(predictor, eager[CLASSIFICATION], predictor.config.vocab_size)
+    predictor = load_predictor(model_dirs[QA], "openvino", fuse=True)
+    assert predictor.model_dir == model_dirs[QA]
+    assert_equal_to_eager(predictor, eager[QA], predictor.config.vocab_size)
+    with pytest.raises(UserInputError, match="holds a onnx export, not a paddle one"):
+        load_predictor(tmp_path / "onnx", "paddle")
+
+
+def test_openvino_large_batch_split_across_streams_equals_eager(model_dirs, eager):
+    """Batches of >= 2048 tokens run as one chunk per thread on single-threaded streams."""
+    pytest.importorskip("openvino")
+    predictor = load_predictor(model_dirs[QA], "openvino", fuse=True, threads=2)
+    lengths = tuple(int(length) for length in np.random.default_rng(3).integers(1, 65, size=41))
+    batch = padded_batch(predictor.config.vocab_size, lengths=lengths + (64,))
+    assert batch["input_ids"].size >= predictor.SPLIT_MIN_TOKENS
+    actual, expected = predictor(**batch), eager[QA](**batch)
+    assert predictor._streams is not None and len(predictor._streams) == 2     # the split path ran
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape and relative_error(got, want) <= TOLERANCE
+
+
+def test_openvino_static_int8_keeps_the_head_in_float(tmp_path, eager):
+    """NNCF int8 calibrated on windows of a SQuAD file: the backbone matmuls read int8
+    (FakeQuantize) inputs, the QA head reads float; runs at any shape. Accuracy is judged on a
+    trained model (benchmarks/export_accuracy.py), not on random tiny weights."""
+    pytest.importorskip("nncf")
+    import openvino
+
+    from mobilebert_paddle.model import MobileBertForQuestionAnswering
+    from tiny_tasks import make_tiny_model_dir, make_tokenizer, write_marker_squad
+
+    model = MobileBertForQuestionAnswering.from_pretrained(make_tiny_model_dir(tmp_path / "base"))
+    model.config.extra["task_settings"] = {"max_seq_length": 32, "doc_stride": 8, "max_query_length": 8}
+    model.save_pretrained(tmp_path / "qa", tokenizer=make_tokenizer())
+    dev = write_marker_squad(tmp_path / "dev.json", 30, seed=2, markers=1, length=24)
+    summary = export_model(tmp_path / "qa", tmp_path / "int8", "openvino", fuse=True, quantize="int8-static",
+                           calibration_data=dev, calibration_count=20)
+    assert summary["quantization"] == "int8-static" and summary["calibration_windows"] == 20
+    graph = openvino.Core().read_model(str(tmp_path / "int8" / "model.xml"))
+    quantized = [op for op in graph.get_ordered_ops() if op.get_type_name() == "MatMul"
+                 and op.input_value(0).get_node().get_type_name() == "FakeQuantize"]
+    (head,) = [op for op in graph.get_ordered_ops() if op.get_friendly_name() in summary["float_nodes"]]
+    assert head.input_value(0).get_node().get_type_name() != "FakeQuantize"
+    assert len(quantized) >= 2 * 5       # per layer: merged projections, attention output, 2 FFNs, bottleneck out
+    predictor = load_predictor(tmp_path / "int8", "openvino")
+    for lengths in CHECK_LENGTHS:
+        batch = padded_batch(predictor.config.vocab_size, lengths=lengths)
+        for got in predictor(**batch):
+            assert got.shape == batch["input_ids"].shape and np.all(np.isfinite(got))
+
+
+def test_without_openvino_one_line_naming_the_extra(tmp_path, model_dirs):
+    """openvino not importable: `--backend openvino` and `--format openvino` each print one
+    line naming the extra to install, exit 2, and write nothing."""
+    import subprocess
+    import sys
+
+    from tiny_tasks import subprocess_env
+
+    blocked = "import sys; sys.modules['openvino'] = None; from mobilebert_paddle.cli import main; sys.exit(main(sys.argv[1:]))"
+    commands = [["export", "--model", model_dirs[QA], "--format", "openvino", "--output", tmp_path / "out"],
+                ["predict", "--model", model_dirs[QA], "--backend", "openvino", "--question", "q", "--context", "c"]]
+    for argv in commands:
+        completed = subprocess.run([sys.executable, "-c", blocked, *map(str, argv)], capture_output=True, text=True,
+                                   env=subprocess_env(), timeout=120)
+        assert completed.returncode == 2 and completed.stdout == ""
+        lines = completed.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mobilebert {argv[0]}: error:"), completed.stderr
+        assert "pip install 'mobilebert-paddle[openvino]'" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------
 # The fused rewrite itself, every config variant (dygraph, no export)
 # ----------------------------------------------------------------------------------------
 
@@ -376,3 +473,23 @@ def test_bench_bad_backend(tmp_path, model_dirs, capfd):
     assert code == 2
     assert "unknown tensorrt" in one_line_error(capfd)
     assert not (tmp_path / "bench").exists()
+
+
+def test_bench_peers_smoke(tmp_path, model_dirs, capfd):
+    """--peers adds the HF-export peers; every row has its ratio to the best peer of its own
+    precision, and the float32 paths (ours and the peers) equal PyTorch."""
+    pytest.importorskip("nncf")
+    code = cli.main(["bench", "--model", str(model_dirs[QA]), "--batch", "2", "--seq", "8", "--runs", "1",
+                     "--warmup", "1", "--pause", "0", "--backends", "torch,openvino-fused,openvino-fused-int8",
+                     "--peers", "--output", str(tmp_path / "bench")])
+    assert code == 0
+    report = json.loads(capfd.readouterr().out)
+    rows = report["shapes"]["2x8"]["backends"]
+    assert set(rows) == {"torch", "openvino-fused", "openvino-fused-int8", "peer-hf-onnx-ort", "peer-hf-openvino",
+                         "peer-hf-openvino-bf16", "peer-hf-openvino-int8"}
+    assert rows["openvino-fused-int8"]["best_peer"] == "peer-hf-openvino-int8"
+    assert rows["openvino-fused"]["best_peer"] in ("peer-hf-onnx-ort", "peer-hf-openvino")
+    assert rows[rows["openvino-fused"]["best_peer"]]["vs_peer"] == 1.0
+    errors = report["output_check"]["errors"]
+    assert max(errors[name] for name in ("openvino-fused", "peer-hf-onnx-ort", "peer-hf-openvino")) <= TOLERANCE
+    assert report["openvino_cpu"]["default_precision"] and report["calibration"] == "random ids (timing only)"

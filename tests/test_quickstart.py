@@ -142,11 +142,11 @@ def test_export_accuracy_benchmark_on_the_trained_model(summary):
     results = report["results"]
     assert report["windows"] >= 300 and results["eager"]["argmax_agreement_pct"] == 100.0
     assert abs(results["eager"]["exact"] - summary["exact"]) <= 0.005 + 1e-9    # the report rounds to 0.01
-    for name in ("onnx", "onnx-fused", "paddle-fused"):
+    for name in ("onnx", "onnx-fused", "paddle-fused", "openvino-fused"):
         assert results[name]["argmax_agreement_pct"] >= 99.5, (name, results[name])
         assert abs(results[name]["exact"] - results["eager"]["exact"]) <= 0.5, (name, results[name])
     rounded = [f"eager-8bit-inputs-per-{granularity}" for granularity in benchmark.ACTIVATION_GRANULARITIES]
-    for name in ("onnx-int8", "onnx-fused-int8", *rounded):
+    for name in ("onnx-int8", "onnx-fused-int8", "openvino-int8-static", "openvino-fused-int8-static", *rounded):
         assert 90 <= results[name]["argmax_agreement_pct"] < 100 + 1e-9, (name, results[name])
 
 

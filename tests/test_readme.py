@@ -320,13 +320,17 @@ def check_predict_pair(result: Result, root: Path, walkthrough: dict) -> None:
 
 def check_export(result: Result, root: Path, walkthrough: dict) -> None:
     output = root / result.argv[result.argv.index("--output") + 1]
-    assert (output / "model.onnx").is_file()
+    model_file = {"onnx": "model.onnx", "openvino": "model.xml"}[result.argv[result.argv.index("--format") + 1]]
+    assert (output / model_file).is_file()
+    if "--quantize" in result.argv:
+        assert result.summary["quantization"] == result.argv[result.argv.index("--quantize") + 1]
 
 
 def check_evaluate_exported(result: Result, root: Path, walkthrough: dict) -> None:
-    """The ONNX export scores the dev set as the eager model did during training."""
+    """The ONNX export, and the model dir on OpenVINO, score the dev set as the eager model did
+    during training."""
     recorded = json.loads((root / "runs" / "squad1" / "best" / "metrics.json").read_text())
-    assert result.summary["backend"] == "onnx"
+    assert result.summary["backend"] == result.argv[result.argv.index("--backend") + 1]
     assert result.summary["metrics"]["exact"] == pytest.approx(recorded["exact"])
     assert result.summary["metrics"]["f1"] == pytest.approx(recorded["f1"])
 
@@ -365,6 +369,10 @@ def check_distill(result: Result, root: Path, walkthrough: dict) -> None:
 def check_bench(result: Result, root: Path, walkthrough: dict) -> None:
     assert set(result.summary["shapes"]) == {"1x128", "1x384", "8x128", "8x384"}
     assert (root / "bench" / "bench.json").is_file()
+    if "--peers" in result.argv:
+        rows = result.summary["shapes"]["1x128"]["backends"]
+        assert {"peer-hf-onnx-ort", "peer-hf-openvino", "peer-hf-openvino-int8"} <= set(rows)
+        assert rows["openvino-fused-int8"]["best_peer"] == "peer-hf-openvino-int8"
 
 
 class Coverage(NamedTuple):
@@ -395,6 +403,8 @@ COVERAGE = {
     "pretrain --config --data --dev --output": Coverage(check_pretrain),
     "evaluate pretraining --data --model --output": Coverage(check_evaluate_pretraining),
     "distill --data --dev --output --student --teacher": Coverage(check_distill),
+    "export --calibration-data --format --fuse --model --output --quantize": Coverage(check_export),
+    "bench --backends --batch --model --peers --seq": Coverage(check_bench),
     "quickstart --output": Coverage(None, False, "tests/test_quickstart.py"),
 }
 

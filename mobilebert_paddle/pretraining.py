@@ -356,16 +356,10 @@ def run_pretrain(args: argparse.Namespace) -> dict | None:
     import paddle.distributed as dist
 
     from .tokenizer import MobileBertTokenizer
-    from .train import CHECKPOINT_STATE, GlobalBatchSampler, Trainer, init_distributed, prepare_output, start_output
+    from .train import CHECKPOINT_STATE, GlobalBatchSampler, Trainer, begin_run, start_output
 
     config = resolve_run_config(args)
-    device = init_distributed(config.device)
-    if config.amp == "bf16" and device != "gpu":
-        raise UserInputError("--amp bf16 needs a GPU (on CPU, train in fp32: the default)")
-    is_main = dist.get_rank() == 0
-    output = prepare_output(config, is_main)
-    if dist.get_world_size() > 1:
-        dist.barrier()   # rank 0 has recovered / cleaned the run dir
+    output, is_main = begin_run(config)
     data = open_data(config.data)
     model_config = start_config(config, data)
     task = PretrainingTask(MaskingSettings.from_args(config))

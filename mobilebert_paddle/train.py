@@ -852,6 +852,20 @@ def init_distributed(device: str) -> str:
     return device
 
 
+def begin_run(config) -> tuple[Path, bool]:
+    """What every training command (finetune, pretrain, distill) does first: pick the device and
+    join the process group, refuse bf16 off a GPU, and check (rank 0: tidy and lock) the run dir.
+    Returns (run dir, is this the main process)."""
+    device = init_distributed(config.device)
+    if config.amp == "bf16" and device != "gpu":
+        raise UserInputError("--amp bf16 needs a GPU (on CPU, train in fp32: the default)")
+    is_main = dist.get_rank() == 0
+    output = prepare_output(config, is_main)
+    if dist.get_world_size() > 1:
+        dist.barrier()   # rank 0 has recovered / cleaned the run dir
+    return output, is_main
+
+
 def start_source(config, output: Path) -> Path:
     """The model dir training starts from: last/ when resuming, else --model (a hub id resolved)."""
     from .modeldir import resolve_source
@@ -900,13 +914,7 @@ def load_data(task: Task, config, tokenizer) -> tuple[dict[str, np.ndarray], lis
 def run_finetune(args: argparse.Namespace) -> dict | None:
     task = get_task(args.task)
     config = resolve_config(args, task)
-    device = init_distributed(config.device)
-    if config.amp == "bf16" and device != "gpu":
-        raise UserInputError("--amp bf16 needs a GPU (on CPU, train in fp32: the default)")
-    is_main = dist.get_rank() == 0
-    output = prepare_output(config, is_main)
-    if dist.get_world_size() > 1:
-        dist.barrier()   # rank 0 has recovered / cleaned the run dir
+    output, is_main = begin_run(config)
     source = start_source(config, output)
     tokenizer = check_start(config, source, task)
     rows, eval_sets, train_source = load_data(task, config, tokenizer)

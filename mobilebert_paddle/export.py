@@ -590,8 +590,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, float_weights: frozenset = f
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    keep = [node.name for node in graph.node
-            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in float_weights]
+    keep = matmuls_reading(graph, float_weights)
     with quiet_root_logger():
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
                          reduce_range=True, op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep)
@@ -607,6 +606,20 @@ def head_weight_names(layer) -> frozenset:
         if not inner.startswith(backbone):
             names.add(parameter.name)
     return frozenset(names)
+
+
+def matmuls_reading(graph, weights: frozenset) -> list[str]:
+    """Names of the MatMul / Gemm nodes whose right operand is one of `weights`, directly or through
+    Casts (the task heads compute in float64: model.HeadLinear casts their weights first)."""
+    producers = {output: node for node in graph.node for output in node.output}
+
+    def source(name: str) -> str:
+        while name in producers and producers[name].op_type == "Cast":
+            name = producers[name].input[0]
+        return name
+
+    return [node.name for node in graph.node
+            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and source(node.input[1]) in weights]
 
 
 # ----------------------------------------------------------------------------------------
@@ -714,8 +727,7 @@ def write_openvino(layer, config: MobileBertConfig, staging: Path, fuse: bool, q
 
     model, rewrites = layer_to_onnx(layer, config.architectures[0], staging, fuse, opset)
     head_weights = head_weight_names(layer)          # the traced program's names, as the ONNX graph has them
-    head_nodes = [node.name for node in model.graph.node
-                  if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in head_weights]
+    head_nodes = matmuls_reading(model.graph, head_weights)
     with tempfile.TemporaryDirectory(prefix="onnx-", dir=staging) as scratch:
         onnx.save(model, str(Path(scratch) / ONNX_NAME))
         ov_model = openvino.convert_model(str(Path(scratch) / ONNX_NAME))

@@ -398,7 +398,7 @@ def check_same_run(saved: dict, identity: dict, last: Path) -> None:
     changes += [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("task", "train_rows")
                 if saved.get(key) != identity[key]]
     saved_invariants = saved.get("task_invariants") or {}          # what a task adds (distill: its stages)
-    changes += [f"{key} was {saved_invariants[key]}, now {value}" for key, value in identity["task_invariants"].items()
+    changes += [f"{key} was {saved_invariants[key]}, now {value}" for key, value in (identity.get("task_invariants") or {}).items()
                 if key in saved_invariants and saved_invariants[key] != value]
     if not changes:    # the step counts follow from the flags and the data: named only if nothing else explains them
         changes = [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("total_steps", "steps_per_epoch")

@@ -1,4 +1,5 @@
-"""Numeric flag types for argparse: every numeric flag of every command is finite and in range.
+"""Numeric flag types for argparse (every numeric flag of every command is finite and in range),
+and the flags every training command (finetune, pretrain, distill) shares.
 
 A bad value is refused while the command line is parsed, before any file is read or written,
 as one line (`mobilebert finetune: error: argument --epochs: must be a finite number > 0, got nan`)
@@ -82,3 +83,53 @@ def integers(minimum: int | None = None, maximum: int | None = None):
 def seed():
     """A random seed numpy, Python and Paddle all accept."""
     return integer(minimum=0, maximum=SEED_MAX)
+
+
+# ----------------------------------------------------------------------------------------
+# Flags of every training command
+# ----------------------------------------------------------------------------------------
+
+OPTIMIZERS = ("adamw", "lamb")
+
+
+def add_optimizer_arguments(group, *, optimizer: str, learning_rate: float, batch_size: int, weight_decay: float,
+                            adam_beta2: float, seed_help: str, max_grad_norm_help: str = "") -> None:
+    """The optimisation flags finetune, pretrain and distill share, with each command's defaults
+    (fine-tuning: the MobileBert_paddle recipe; pretrain and distill: Google's LAMB recipe)."""
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer,
+                       help="adamw, or lamb (layer-wise trust ratio; Google's, for large batches)")
+    group.add_argument("--learning-rate", type=number(above=0), default=learning_rate, help="peak learning rate")
+    group.add_argument("--batch-size", type=integer(minimum=1), default=batch_size,
+                       help="global batch of one optimizer step, over all processes and accumulation steps")
+    group.add_argument("--weight-decay", type=number(minimum=0), default=weight_decay,
+                       help="AdamW / LAMB decoupled weight decay (never on biases or norms)")
+    group.add_argument("--adam-beta1", type=number(minimum=0, below=1), default=0.9,
+                       help="AdamW / LAMB first-moment decay")
+    group.add_argument("--adam-beta2", type=number(minimum=0, below=1), default=adam_beta2,
+                       help="AdamW / LAMB second-moment decay")
+    group.add_argument("--adam-epsilon", type=number(above=0), default=1e-6, help="AdamW / LAMB denominator epsilon")
+    group.add_argument("--max-grad-norm", type=number(minimum=0), default=0.0,
+                       help="clip the global gradient norm to this; 0 = no clipping" + max_grad_norm_help)
+    group.add_argument("--gradient-accumulation-steps", type=integer(minimum=1), default=1,
+                       help="forward/backward passes each process splits its share of a batch into")
+    group.add_argument("--seed", type=seed(), default=42, help=seed_help)
+    group.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                       help="mixed precision: bf16 on a GPU; fp16 is refused (MobileBERT's activations overflow it)")
+    group.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip an update whose loss or gradient is not finite, instead of stopping the run")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, logging_steps: int, eval_steps, eval_steps_help: str,
+                      resume_help: str = "") -> None:
+    """Evaluation, checkpoint and log flags of every training command."""
+    run = parser.add_argument_group("evaluation, checkpoints, logs")
+    run.add_argument("--logging-steps", type=integer(minimum=1), default=logging_steps,
+                     help="steps per metrics.jsonl / VisualDL train line")
+    run.add_argument("--eval-steps", type=integer(minimum=0), default=eval_steps, help=eval_steps_help)
+    run.add_argument("--save-steps", type=integer(minimum=0), default=0,
+                     help="write the resumable last/ every N steps; 0 = at every evaluation (always at the end)")
+    run.add_argument("--eval-batch-size", type=integer(minimum=1), default=64, help="rows per forward pass in evaluation")
+    run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: gpu when available")
+    run.add_argument("--resume", action="store_true",
+                     help="continue exactly from OUTPUT/last (starts afresh when there is none)" + resume_help)
+    run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUTPUT instead of refusing")

@@ -223,31 +223,12 @@ def add_training_arguments(parser: argparse.ArgumentParser,
     """The optimisation, masking and run flags `pretrain` and `distill` share (Google's LAMB
     recipe as defaults); returns the optimisation group for a command's own step flags."""
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--optimizer", choices=("lamb", "adamw"), default="lamb",
-                       help="lamb (Google's, for large batches) or adamw")
-    optim.add_argument("--learning-rate", type=flags.number(above=0), default=1.5e-3, help="peak learning rate")
-    optim.add_argument("--batch-size", type=flags.integer(minimum=1), default=2048,
-                       help="global batch of one optimizer step, over all processes and accumulation steps")
+    flags.add_optimizer_arguments(optim, optimizer="lamb", learning_rate=1.5e-3, batch_size=2048, weight_decay=0.01,
+                                  adam_beta2=0.999, seed_help="fixes initialisation, row order, masks, dropout")
     optim.add_argument("--warmup-steps", type=flags.integer(minimum=0), default=10000, help=warmup_help)
     optim.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
                        help="decay from the peak to --min-lr after warmup")
     optim.add_argument("--min-lr", type=flags.number(minimum=0), default=0.0, help="learning rate reached at the end")
-    optim.add_argument("--weight-decay", type=flags.number(minimum=0), default=0.01,
-                       help="decoupled weight decay (never on biases or norms)")
-    optim.add_argument("--adam-beta1", type=flags.number(minimum=0, below=1), default=0.9,
-                       help="LAMB / AdamW first-moment decay")
-    optim.add_argument("--adam-beta2", type=flags.number(minimum=0, below=1), default=0.999,
-                       help="LAMB / AdamW second-moment decay")
-    optim.add_argument("--adam-epsilon", type=flags.number(above=0), default=1e-6, help="denominator epsilon")
-    optim.add_argument("--max-grad-norm", type=flags.number(minimum=0), default=0.0,
-                       help="clip the global gradient norm to this; 0 = no clipping")
-    optim.add_argument("--gradient-accumulation-steps", type=flags.integer(minimum=1), default=1,
-                       help="forward/backward passes each process splits its share of a batch into")
-    optim.add_argument("--seed", type=flags.seed(), default=42, help="fixes initialisation, row order, masks, dropout")
-    optim.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                       help="mixed precision: bf16 on a GPU; fp16 is refused (MobileBERT's activations overflow it)")
-    optim.add_argument("--skip-nonfinite", action="store_true",
-                       help="skip an update whose loss or gradient is not finite, instead of stopping the run")
     masking = parser.add_argument_group("masking (drawn per batch from --seed and the step)")
     masking.add_argument("--masked-lm-prob", type=flags.number(above=0, below=1), default=0.15,
                          help="share of a row's tokens to predict (80%% [MASK], 10%% random, 10%% kept)")
@@ -255,18 +236,8 @@ def add_training_arguments(parser: argparse.ArgumentParser,
                          help="at most this many predicted tokens a row")
     masking.add_argument("--whole-word-masking", action="store_true",
                          help="mask every piece of a chosen word together")
-    run = parser.add_argument_group("evaluation, checkpoints, logs")
-    run.add_argument("--logging-steps", type=flags.integer(minimum=1), default=100,
-                     help="steps per metrics.jsonl / VisualDL train line")
-    run.add_argument("--eval-steps", type=flags.integer(minimum=0), default=1000,
-                     help="evaluate on --dev every N steps, 0 = after every epoch (always at the end)")
-    run.add_argument("--save-steps", type=flags.integer(minimum=0), default=0,
-                     help="write the resumable last/ every N steps; 0 = at every evaluation (always at the end)")
-    run.add_argument("--eval-batch-size", type=flags.integer(minimum=1), default=64, help="rows per forward pass in evaluation")
-    run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: gpu when available")
-    run.add_argument("--resume", action="store_true",
-                     help="continue exactly from OUTPUT/last (starts afresh when there is none)")
-    run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUTPUT instead of refusing")
+    flags.add_run_arguments(parser, logging_steps=100, eval_steps=1000,
+                            eval_steps_help="evaluate on --dev every N steps, 0 = after every epoch (always at the end)")
     return optim
 
 

@@ -74,7 +74,6 @@ RESUMABLE_FLAGS = ("eval_steps", "save_steps", "logging_steps", "eval_batch_size
                    "resume", "overwrite", "output", "model", "train", "dev", "data_dir", "data", "command", "task")
 RESUMABLE_HELP = "--eval-steps, --save-steps, --logging-steps, --eval-batch-size, --device, --skip-nonfinite, the paths"
 RESTART_ADVICE = "start afresh with --overwrite, or put back a good last/"
-OPTIMIZERS = ("adamw", "lamb")
 
 
 class NonFiniteLossError(UserInputError):
@@ -102,11 +101,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", choices=("files", "hub"), default="files",
                       help="hub: the task's HF hub dataset (needs the optional `datasets` package and a connection)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
-                       help="adamw, or lamb (layer-wise trust ratio; for large batches)")
-    optim.add_argument("--learning-rate", type=flags.number(above=0), default=8e-5, help="peak learning rate")
-    optim.add_argument("--batch-size", type=flags.integer(minimum=1), default=64,
-                       help="global batch of one optimizer step, over all processes and accumulation steps")
+    flags.add_optimizer_arguments(optim, optimizer="adamw", learning_rate=8e-5, batch_size=64, weight_decay=0.1,
+                                  adam_beta2=0.98, seed_help="fixes head initialisation, data order and dropout",
+                                  max_grad_norm_help=" (the recipe did not clip)")
     optim.add_argument("--epochs", type=flags.number(above=0), default=6.0, help="passes over the training rows")
     optim.add_argument("--max-steps", type=flags.integer(minimum=0), default=0,
                        help="optimizer steps to run instead of --epochs (0: from --epochs); the schedule spans them")
@@ -121,34 +118,12 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--decay-ratio", type=flags.number(above=0, maximum=1), default=None,
                        help="fraction of the steps at which the decay reaches --min-lr "
                             "[default: 0.7 squad1, 0.9 others]%(default).0s")
-    optim.add_argument("--weight-decay", type=flags.number(minimum=0), default=0.1,
-                       help="AdamW / LAMB decoupled weight decay (never on biases or norms)")
-    optim.add_argument("--adam-beta1", type=flags.number(minimum=0, below=1), default=0.9, help="AdamW / LAMB first-moment decay")
-    optim.add_argument("--adam-beta2", type=flags.number(minimum=0, below=1), default=0.98, help="AdamW / LAMB second-moment decay")
-    optim.add_argument("--adam-epsilon", type=flags.number(above=0), default=1e-6, help="AdamW / LAMB denominator epsilon")
-    optim.add_argument("--max-grad-norm", type=flags.number(minimum=0), default=0.0,
-                       help="clip the global gradient norm to this; 0 = no clipping (the recipe did not clip)")
-    optim.add_argument("--gradient-accumulation-steps", type=flags.integer(minimum=1), default=1,
-                       help="forward/backward passes each process splits its share of a batch into")
-    optim.add_argument("--seed", type=flags.seed(), default=42, help="fixes head initialisation, data order and dropout")
-    optim.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                       help="mixed precision: bf16 on a GPU; fp16 is refused (MobileBERT's activations overflow it)")
-    optim.add_argument("--skip-nonfinite", action="store_true",
-                       help="skip an update whose loss or gradient is not finite, instead of stopping the run")
     add_task_settings_arguments(parser)
-    run = parser.add_argument_group("evaluation, checkpoints, logs")
-    run.add_argument("--logging-steps", type=flags.integer(minimum=1), default=30, help="steps per metrics.jsonl / VisualDL train line")
-    run.add_argument("--eval-steps", type=flags.integer(minimum=0), default=None,
-                     help="evaluate on dev every N steps, 0 = after every epoch (always at the end) "
-                          "[default: 240 squad1/mnli/qqp/qnli/sst2, 120 squad2, 0 other GLUE tasks]%(default).0s")
-    run.add_argument("--save-steps", type=flags.integer(minimum=0), default=0,
-                     help="write the resumable last/ every N steps; 0 = at every evaluation (always at the end)")
-    run.add_argument("--eval-batch-size", type=flags.integer(minimum=1), default=64, help="rows per forward pass in evaluation")
-    run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: gpu when available")
-    run.add_argument("--resume", action="store_true",
-                     help="continue exactly from OUTPUT/last (starts afresh when there is none); every flag must "
-                          f"be as before except {RESUMABLE_HELP}")
-    run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUTPUT instead of refusing")
+    flags.add_run_arguments(parser, logging_steps=30, eval_steps=None,
+                            eval_steps_help="evaluate on dev every N steps, 0 = after every epoch (always at the end) "
+                                            "[default: 240 squad1/mnli/qqp/qnli/sst2, 120 squad2, 0 other GLUE "
+                                            "tasks]%(default).0s",
+                            resume_help=f"; every flag must be as before except {RESUMABLE_HELP}")
 
 
 def resolve_config(args: argparse.Namespace, task: Task) -> argparse.Namespace:

@@ -63,7 +63,9 @@ BACKENDS = {
     "onnx-fused-int8": ExportSpec("onnx", fuse=True, quantize="int8"),
     "openvino": ExportSpec("openvino"),
     "openvino-fused": ExportSpec("openvino", fuse=True),
+    "openvino-int8": ExportSpec("openvino", quantize="int8-static"),
     "openvino-fused-int8": ExportSpec("openvino", fuse=True, quantize="int8-static"),
+    "openvino-bf16": ExportSpec("openvino", precision="bf16"),
     "openvino-fused-bf16": ExportSpec("openvino", fuse=True, precision="bf16"),
 }
 # Timed unless --backends says otherwise: the OpenVINO ones need the optional extra.

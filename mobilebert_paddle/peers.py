@@ -10,7 +10,9 @@ give for BERT-like models:
   (`onnxruntime.transformers.optimizer`, model_type "bert"); its fusions start from LayerNorm
   nodes, so on MobileBERT's NoNorm none fires and what remains is ONNX Runtime's own graph
   optimisation. One session with intra-op threads, as a user would make it.
-- peer-hf-openvino: OpenVINO on the same export, float32 (INFERENCE_PRECISION_HINT f32).
+- peer-hf-openvino: OpenVINO on the same export, float32 (INFERENCE_PRECISION_HINT f32), one
+  latency-mode compilation with dynamic shapes (what `compile_model` gives; our own OpenVINO
+  paths add per-shape compilations and one stream per thread for large batches, export.py).
 - peer-hf-openvino-bf16: the same, on OpenVINO's default precision for this CPU (bf16 where the
   CPU has it: not exact, compared with our bf16 path only).
 - peer-hf-openvino-int8: NNCF post-training int8 on the export (transformer preset, the same
@@ -54,14 +56,15 @@ def build_peer(name: str, hf_model, config: MobileBertConfig, staging: Path, thr
         optimize_for_ort(exported, config, optimized)
         return OnnxPredictor(config, staging, str(optimized), names, threads, split_batches=False)
     if name == "peer-hf-openvino":
-        return OpenVinoPredictor(config, staging, exported, names, threads, precision="f32")
+        return OpenVinoPredictor(config, staging, exported, names, threads, precision="f32", tuned=False)
     if name == "peer-hf-openvino-bf16":
         from .export import openvino_core
 
         default = openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
-        return OpenVinoPredictor(config, staging, exported, names, threads, precision=default)
+        return OpenVinoPredictor(config, staging, exported, names, threads, precision=default, tuned=False)
     if name == "peer-hf-openvino-int8":
-        return OpenVinoPredictor(config, staging, quantize_hf_openvino(exported, staging, calibration), names, threads)
+        return OpenVinoPredictor(config, staging, quantize_hf_openvino(exported, staging, calibration), names, threads,
+                                 tuned=False)
     raise UserInputError(f"unknown peer {name!r}")
 
 

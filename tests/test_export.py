@@ -16,7 +16,7 @@ import pytest
 
 from mobilebert_paddle import cli
 from mobilebert_paddle.convert import convert
-from mobilebert_paddle.export import export_model, load_predictor, read_manifest
+from mobilebert_paddle.export import OpenVinoPredictor, export_model, load_predictor, read_manifest
 from mobilebert_paddle.errors import UserInputError
 
 from reference import VARIANTS, make_hf_model, padded_batch, relative_error, run_paddle, save_hf
@@ -165,16 +165,49 @@ def test_openvino_runs_onnx_exports_and_model_dirs(tmp_path, model_dirs, eager):
 
 
 def test_openvino_large_batch_split_across_streams_equals_eager(model_dirs, eager):
-    """Batches of >= 2048 tokens run as one chunk per thread on single-threaded streams."""
+    """Batches of >= SPLIT_MIN_TOKENS tokens run as one chunk per thread on single-threaded
+    streams, uneven chunks included (41 rows over 2 threads)."""
     pytest.importorskip("openvino")
     predictor = load_predictor(model_dirs[QA], "openvino", fuse=True, threads=2)
-    lengths = tuple(int(length) for length in np.random.default_rng(3).integers(1, 65, size=41))
+    lengths = tuple(int(length) for length in np.random.default_rng(3).integers(1, 65, size=40))
     batch = padded_batch(predictor.config.vocab_size, lengths=lengths + (64,))
     assert batch["input_ids"].size >= predictor.SPLIT_MIN_TOKENS
     actual, expected = predictor(**batch), eager[QA](**batch)
-    assert predictor._streams is not None and len(predictor._streams) == 2     # the split path ran
+    assert len(predictor._dynamic[2]) == 2 and not predictor._static      # the split path ran, shapes uneven
     for got, want in zip(actual, expected):
         assert got.shape == want.shape and relative_error(got, want) <= TOLERANCE
+
+
+def test_openvino_compiles_repeated_shapes_for_their_exact_shape(tmp_path, model_dirs, eager):
+    """A shape seen STATIC_AFTER times gets a compilation of its own (split batches included),
+    equal to eager; only the STATIC_KEEP most recent are kept; the untuned (peer) predictor
+    keeps to one dynamic compilation."""
+    pytest.importorskip("openvino")
+    predictor = load_predictor(model_dirs[QA], "openvino", threads=2)
+    vocab = predictor.config.vocab_size
+    predictor._static.clear()
+    predictor._seen.clear()
+    small = padded_batch(vocab, lengths=(9, 5, 13), seed=1)          # 39 tokens: one stream
+    large = padded_batch(vocab, lengths=(64, 3, 40, 64, 7, 64), seed=2)   # 384 tokens: 2 streams of 3 rows
+    for batch, key in ((small, (1, ((3, 13),) * 3)), (large, (2, ((3, 64),) * 3))):
+        expected = eager[QA](**batch)
+        for call in range(predictor.STATIC_AFTER + 1):
+            assert (key in predictor._static) == (call >= predictor.STATIC_AFTER)
+            for got, want in zip(predictor(**batch), expected):
+                assert got.shape == want.shape and relative_error(got, want) <= TOLERANCE
+        assert key in predictor._static
+    for length in range(20, 20 + predictor.STATIC_KEEP):
+        batch = padded_batch(vocab, lengths=(length, 4), seed=length)
+        for _ in range(predictor.STATIC_AFTER):
+            predictor(**batch)
+    assert len(predictor._static) == predictor.STATIC_KEEP and (1, ((3, 13),) * 3) not in predictor._static
+    export_model(model_dirs[QA], tmp_path / "ov", "openvino")
+    untuned = OpenVinoPredictor(predictor.config, tmp_path / "ov", tmp_path / "ov" / "model.xml",
+                                predictor.output_names, threads=2, tuned=False)
+    for _ in range(predictor.STATIC_AFTER + 1):
+        for got, want in zip(untuned(**large), eager[QA](**large)):
+            assert relative_error(got, want) <= TOLERANCE
+    assert list(untuned._dynamic) == [1] and not untuned._static
 
 
 def test_openvino_static_int8_keeps_the_head_in_float(tmp_path, eager):

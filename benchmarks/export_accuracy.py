@@ -1,7 +1,8 @@
 """SQuAD scores of every export of a trained QA model, against the eager Paddle model.
 
 Exports the model (ONNX plain and fused, each in float32 and dynamic int8; static Paddle fused;
-OpenVINO fused float32 and NNCF static int8 calibrated on windows of the dev set) into a
+OpenVINO plain and fused float32 and NNCF static int8 calibrated on windows of the dev set;
+`--exports` picks some) into a
 temporary directory, runs the dev set through each with the evaluation code `mobilebert
 evaluate` uses, and prints EM / F1 and how often the start and end argmax of each window
 agree with eager (issue 6 asks: float32 exports equal; int8 within 1 point, >= 99% agreement).
@@ -41,6 +42,7 @@ EXPORTS = {  # name -> (format, fuse, quantize)
     "paddle-fused": ("paddle", True, None),
     "onnx-int8": ("onnx", False, "int8"),
     "onnx-fused-int8": ("onnx", True, "int8"),
+    "openvino": ("openvino", False, None),
     "openvino-fused": ("openvino", True, None),
     "openvino-int8-static": ("openvino", False, "int8-static"),
     "openvino-fused-int8-static": ("openvino", True, "int8-static"),
@@ -58,11 +60,16 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--dev-questions", type=int, default=2000, help="dev questions per quickstart run")
     parser.add_argument("--task", default="squad1", choices=("squad1", "squad2"))
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--exports", default=",".join(EXPORTS), help="comma-separated, from: " + ", ".join(EXPORTS))
     parser.add_argument("--activation-study", action="store_true",
                         help="also score eager with only the matmul inputs rounded to 8 bits")
     args = parser.parse_args()
     if args.quickstart_seeds is None and (args.model is None or args.data is None):
         parser.error("give --model and --data, or --quickstart-seeds")
+    args.exports = [name.strip() for name in args.exports.split(",") if name.strip()]
+    unknown = [name for name in args.exports if name not in EXPORTS]
+    if unknown or not args.exports:
+        parser.error(f"--exports: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(EXPORTS)}")
     return args
 
 
@@ -71,7 +78,8 @@ def argmax_agreement(outputs, reference) -> float:
     return float(np.mean([(got.argmax(-1) == want.argmax(-1)).mean() for got, want in zip(outputs, reference)]))
 
 
-def score_model(model: Path, data: Path, task_name: str, batch_size: int, activation_study: bool) -> dict:
+def score_model(model: Path, data: Path, task_name: str, batch_size: int, activation_study: bool,
+                exports: list) -> dict:
     task = get_task(task_name)
     eager = load_predictor(model, "eager")
     no_flags = types.SimpleNamespace(max_seq_length=None, doc_stride=None, max_query_length=None, n_best_size=20,
@@ -89,7 +97,8 @@ def score_model(model: Path, data: Path, task_name: str, batch_size: int, activa
 
     results = {"eager": score(eager)}
     with tempfile.TemporaryDirectory() as staging:
-        for name, (export_format, fuse, quantize) in EXPORTS.items():
+        for name in exports:
+            export_format, fuse, quantize = EXPORTS[name]
             directory = Path(staging) / name
             calibration = data if quantize == "int8-static" else None    # the dev windows themselves
             export_model(model, directory, export_format, fuse=fuse, quantize=quantize, calibration_data=calibration)
@@ -148,14 +157,15 @@ def train_quickstart_model(seed: int, dev_questions: int, directory: Path) -> tu
 def main() -> None:
     args = parse_arguments()
     if args.quickstart_seeds is None:
-        report = score_model(args.model, args.data, args.task, args.batch_size, args.activation_study)
+        report = score_model(args.model, args.data, args.task, args.batch_size, args.activation_study, args.exports)
     else:
         report = {"dev_questions": args.dev_questions, "seeds": {}}
         for seed in (int(value) for value in args.quickstart_seeds.split(",")):
             with tempfile.TemporaryDirectory() as directory:
                 print(f"-- quickstart seed {seed}", flush=True)
                 model, data = train_quickstart_model(seed, args.dev_questions, Path(directory))
-                report["seeds"][seed] = score_model(model, data, "squad1", args.batch_size, args.activation_study)
+                report["seeds"][seed] = score_model(model, data, "squad1", args.batch_size, args.activation_study,
+                                                    args.exports)
     print(json.dumps(report, indent=2))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import paddle
 import pytest
 
-from mobilebert_paddle import train
+from mobilebert_paddle import flags, train
 from mobilebert_paddle.cli import parse_command_args
 from mobilebert_paddle.tasks import TASKS
 from tiny_tasks import (make_tiny_model_dir, model_weights, run_cli, subprocess_env, write_colour_pairs,
@@ -91,7 +91,7 @@ def test_global_batches_are_the_same_for_any_number_of_processes(rows, batch):
     assert other_seed.epoch_order(0).tolist() != single.epoch_order(0).tolist()
 
 
-@pytest.mark.parametrize("optimizer_name", train.OPTIMIZERS)
+@pytest.mark.parametrize("optimizer_name", flags.OPTIMIZERS)
 def test_optimizer_state_moves_between_processes_by_parameter_path(base_model, optimizer_name):
     """Paddle keys Adam / LAMB moments by per-process unique names (linear_12.w_0); last/ keys
     them by path, so a model built in another order (another process) gets its own moments back."""
@@ -122,7 +122,7 @@ def test_optimizer_state_moves_between_processes_by_parameter_path(base_model, o
         assert np.array_equal(first.numpy(), second.numpy()), path
 
 
-@pytest.mark.parametrize("optimizer_name", train.OPTIMIZERS)
+@pytest.mark.parametrize("optimizer_name", flags.OPTIMIZERS)
 def test_learning_rate_multiplier_zero_leaves_parameters_bit_identical(base_model, optimizer_name):
     """Distillation freezes layers by a multiplier of 0 (and changes multipliers per phase): the
     update and the decoupled weight decay (0.1 here) must both leave such a parameter exactly as

@@ -87,6 +87,8 @@ def precision_kind(name: str) -> str:
 def model_flops(config: MobileBertConfig, batch: int, length: int, architecture: str) -> float:
     """Floating-point operations of one forward pass: 2 per multiply-add of every Linear
     (per token) and of the two attention matmuls (QK^T and PV); element-wise work is left out."""
+    from .model import attention_input_widths
+
     hidden, inner, embedding = config.hidden_size, config.true_hidden_size, config.embedding_size
     per_token = 0
     if config.trigram_input:
@@ -99,8 +101,8 @@ def model_flops(config: MobileBertConfig, batch: int, length: int, architecture:
         if config.key_query_shared_bottleneck and not config.use_bottleneck_attention:
             layer += hidden * config.intra_bottleneck_size                  # shared query/key bottleneck
         layer += inner * hidden                                             # bottleneck output
-    value_width = inner if config.use_bottleneck_attention else hidden
-    layer += 2 * inner * inner + value_width * inner + inner * inner        # query, key, value, attention output
+    query_key_width, value_width = attention_input_widths(config)           # IB-BERT: all read the H-wide input
+    layer += 2 * query_key_width * inner + value_width * inner + inner * inner   # query, key, value, attention output
     layer += config.num_feedforward_networks * 2 * inner * config.intermediate_size
     per_token += config.num_hidden_layers * layer
     attention = config.num_hidden_layers * 2 * length * length * inner     # per sequence

@@ -433,10 +433,11 @@ def test_cli_quantize_needs_onnx(tmp_path, model_dirs, capfd):
 # ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", ["default", "no_bottleneck", "bottleneck_attention", "four_ffn",
-                                     "no_trigram_same_width"])
+                                     "no_trigram_same_width", "ib_bert_layout"])
 def test_model_flops_counts_every_linear(variant):
     """The analytic FLOP count equals one read off the module tree: every Linear's in x out
-    per token (per sequence for the pooler and classifier), plus QK^T and PV."""
+    per token (per sequence for the pooler and classifier), plus QK^T and PV. ib_bert_layout:
+    query, key and value read the H-wide block input (IB-BERT, the teacher)."""
     import paddle
 
     from mobilebert_paddle.bench import model_flops
@@ -445,7 +446,8 @@ def test_model_flops_counts_every_linear(variant):
 
     from reference import TINY
 
-    config = MobileBertConfig(**{**TINY, **VARIANTS[variant]})
+    layouts = {**VARIANTS, "ib_bert_layout": dict(key_query_shared_bottleneck=False)}
+    config = MobileBertConfig(**{**TINY, **layouts[variant]})
     batch, length = 3, 10
     for head in (MobileBertForQuestionAnswering, MobileBertForSequenceClassification):
         with paddle.LazyGuard():
@@ -482,6 +484,27 @@ def test_model_flops_full_size_matches_issue():
         head = 2 * batch * length * 512 * 2
         total = model_flops(config, batch, length, "MobileBertForQuestionAnswering")
         assert abs(total - attention - head - linears) / linears < 0.005
+
+
+def test_gemm_bound_counts_what_bench_counts():
+    """benchmarks/gemm_bound.py (the README's bound on the float32 floor) times the same matmuls
+    bench.model_flops counts: every encoder Linear per token and both attention products."""
+    import importlib.util
+
+    from mobilebert_paddle.bench import model_flops
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gemm_bound.py"
+    spec = importlib.util.spec_from_file_location("gemm_bound", path)
+    gemm_bound = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gemm_bound)
+    for preset, batch, length in (("mobilebert", 1, 128), ("mobilebert-tiny", 3, 20), ("ib-bert", 2, 8)):
+        shapes, config = gemm_bound.model_matmuls(preset, batch, length)
+        total = sum(gemm_bound.flops(shape) * count for shape, count in shapes.items())
+        pooler = 2.0 * batch * config.hidden_size ** 2 if config.classifier_activation else 0.0
+        assert total == pytest.approx(model_flops(config, batch, length, "MobileBertModel") - pooler, rel=1e-12)
+        assert sum(count for (batches, *_), count in shapes.items() if batches > 1) == 2 * config.num_hidden_layers
+    rates = gemm_bound.best_rates([(2, 16, 8, 4)], rounds=1)
+    assert rates[(2, 16, 8, 4)] > 0
 
 
 def test_bench_smoke(tmp_path, model_dirs, capfd):

@@ -404,7 +404,7 @@ class StudentView(paddle.nn.Layer):
             output = self.student(input_ids, token_type_ids, attention_mask, masked_positions=masked_positions)
             return output.prediction_logits, output.seq_relationship_logits
         encoder = self.student.mobilebert(input_ids, token_type_ids, attention_mask, output_hidden_states=True,
-                                          output_attentions=True)
+                                          output_attentions=True, num_layers=layer + 1)   # nothing above l runs
         return encoder.hidden_states[layer + 1], encoder.attentions[layer]          # (B, T, H), (B, N, T, T)
 
 
@@ -414,7 +414,7 @@ class DistillationTask(PretrainingTask):
     layer schedule's learning-rate multipliers. Built per run: it holds the frozen teacher."""
 
     name = "distillation"
-    find_unused_parameters = True     # stage 1: the layers above l and the heads get no gradient
+    find_unused_parameters = True     # stage 1: the layers above l (which do not run) and the heads get no gradient
 
     def __init__(self, teacher, schedule: LayerSchedule, factors: TransferFactors, ratio: float,
                  temperature: float, masking: MaskingSettings):
@@ -438,7 +438,8 @@ class DistillationTask(PretrainingTask):
         """Layer `layer`'s transfer losses; hidden_states[0] is the embeddings, so layer l's output is l + 1."""
         encoder_inputs = {name: inputs[name] for name in MODEL_INPUT_NAMES}
         with paddle.no_grad():
-            teacher = self.teacher.mobilebert(**encoder_inputs, output_hidden_states=True, output_attentions=True)
+            teacher = self.teacher.mobilebert(**encoder_inputs, output_hidden_states=True, output_attentions=True,
+                                              num_layers=layer + 1)
         student_hidden, student_attention = model(**inputs, layer=layer)
         return layer_transfer_losses(teacher.hidden_states[layer + 1], student_hidden, teacher.attentions[layer],
                                      student_attention, inputs["attention_mask"], self.factors)

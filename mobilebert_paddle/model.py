@@ -344,11 +344,14 @@ class MobileBertEncoder(nn.Layer):
         self.layer = nn.LayerList([MobileBertLayer(config) for _ in range(config.num_hidden_layers)])
 
     def forward(self, hidden_states, attention_bias, output_hidden_states: bool = False,
-                output_attentions: bool = False):
-        """(last layer's output, [embeddings, layer 1..L outputs] or None, [L probabilities] or None)."""
+                output_attentions: bool = False, num_layers: Optional[int] = None):
+        """(last layer's output, [embeddings, layer 1..L outputs] or None, [L probabilities] or None);
+        with `num_layers` only the first num_layers layers run (L = num_layers)."""
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
-        for layer in self.layer:
+        for index, layer in enumerate(self.layer):
+            if num_layers is not None and index >= num_layers:
+                break
             hidden_states, probabilities = layer(hidden_states, attention_bias)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
@@ -480,12 +483,15 @@ class MobileBertModel(MobileBertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, *,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> MobileBertEncoderOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                num_layers: Optional[int] = None) -> MobileBertEncoderOutput:
+        """`num_layers`: run only the first num_layers layers and no pooler (what a layer-transfer
+        step of distillation reads); sequence_output is then that layer's output."""
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, attention_mask)  # (B, T, H)
         attention_bias = attention_bias_from_mask(attention_mask, embeddings.dtype)
         sequence_output, hidden_states, attentions = self.encoder(embeddings, attention_bias, output_hidden_states,
-                                                                  output_attentions)
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+                                                                  output_attentions, num_layers)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None and num_layers is None else None
         return MobileBertEncoderOutput(sequence_output, pooled_output, hidden_states, attentions)
 
 

@@ -249,6 +249,44 @@ def test_student_starts_from_the_teachers_embeddings_and_heads():
     assert not any(name.startswith("mobilebert.encoder.") for name in names)
 
 
+def test_a_transfer_step_runs_no_layer_above_its_own():
+    """Stage 1 at layer l reads layer l's output and attention only, so neither model runs the
+    layers above l (up to half of stage 1's compute); what it reads equals a full forward's."""
+    from mobilebert_paddle.distillation import DistillationTask, StudentView
+    from mobilebert_paddle.model import MobileBertForPreTraining
+    from mobilebert_paddle.pretraining import MaskingSettings
+
+    paddle.seed(1)
+    teacher = MobileBertForPreTraining(MobileBertConfig(**TEACHER))
+    paddle.seed(2)
+    student = MobileBertForPreTraining(MobileBertConfig(**TINY))
+    student.eval()                                           # no dropout: compare with a full forward
+    layers = len(student.mobilebert.encoder.layer)
+    assert layers == len(teacher.mobilebert.encoder.layer) >= 2
+    calls = []
+    for name, model in (("teacher", teacher), ("student", student)):
+        for index, layer in enumerate(model.mobilebert.encoder.layer):
+            layer.register_forward_pre_hook(lambda layer, inputs, key=(name, index): calls.append(key))
+    task = DistillationTask(teacher, LayerSchedule(layers, 2 * layers, "google"), FACTORS, 0.5, 1.0,
+                            MaskingSettings(max_predictions_per_seq=2))
+    rng = np.random.default_rng(0)
+    inputs = {"input_ids": paddle.to_tensor(rng.integers(5, TINY["vocab_size"], (2, 6))),
+              "token_type_ids": paddle.zeros([2, 6], "int64"),
+              "attention_mask": paddle.to_tensor(np.array([[1] * 6, [1] * 4 + [0] * 2])),
+              "masked_positions": paddle.zeros([2, 2], "int64")}
+    view = StudentView(student)
+    full = student.mobilebert(inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"],
+                              output_hidden_states=True, output_attentions=True)
+    for layer in range(layers):
+        calls.clear()
+        losses = task.transfer_losses(view, inputs, layer)
+        assert sorted(calls) == sorted((name, index) for name in ("teacher", "student") for index in range(layer + 1))
+        assert np.all(np.isfinite(losses["loss"].numpy()))
+        hidden, attention = view(**inputs, layer=layer)
+        np.testing.assert_array_equal(hidden.numpy(), full.hidden_states[layer + 1].numpy())
+        np.testing.assert_array_equal(attention.numpy(), full.attentions[layer].numpy())
+
+
 # ----- end to end on real text: a tiny teacher, the gates, learning, exact resume -----------------
 # The corpus (SQuAD v1.1 dev contexts as Wikipedia documents, a vocabulary built from them, train and
 # held-out DATA_DIRs) is test_pretraining's session fixture.

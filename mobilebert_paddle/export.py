@@ -286,7 +286,8 @@ class OpenVinoPredictor(Predictor):
         if self.tuned and self.threads > 1 and rows >= self.threads and input_ids.size >= self.SPLIT_MIN_TOKENS:
             streams = self.threads
         bounds = np.linspace(0, rows, streams + 1).astype(int)
-        chunks = [{name: value[start:end] for name, value in feed.items()} for start, end in zip(bounds[:-1], bounds[1:])]
+        chunks = [{name: value[start:end] for name, value in feed.items()}
+                  for start, end in zip(bounds[:-1], bounds[1:])]
         requests = self._requests(streams, chunks)
         if streams == 1:
             results = requests[0].infer(chunks[0], share_inputs=True)      # outputs are copies (share_outputs=False)

@@ -128,7 +128,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, logging_steps: int, ev
     run.add_argument("--eval-steps", type=integer(minimum=0), default=eval_steps, help=eval_steps_help)
     run.add_argument("--save-steps", type=integer(minimum=0), default=0,
                      help="write the resumable last/ every N steps; 0 = at every evaluation (always at the end)")
-    run.add_argument("--eval-batch-size", type=integer(minimum=1), default=64, help="rows per forward pass in evaluation")
+    run.add_argument("--eval-batch-size", type=integer(minimum=1), default=64,
+                     help="rows per forward pass in evaluation")
     run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: gpu when available")
     run.add_argument("--resume", action="store_true",
                      help="continue exactly from OUTPUT/last (starts afresh when there is none)" + resume_help)

@@ -22,8 +22,8 @@ import numpy as np
 LARGE = (2048, 2048, 2048)
 
 
-def model_matmuls(preset: str, batch: int, length: int) -> Counter:
-    """{(batches, m, k, n): count} of the encoder's matmuls (task heads and pooler left out)."""
+def model_matmuls(preset: str, batch: int, length: int) -> tuple:
+    """({(batches, m, k, n): count} of the encoder's matmuls (task heads and pooler left out), config)."""
     import paddle.nn as nn
 
     from mobilebert_paddle.config import load_config

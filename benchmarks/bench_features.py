@@ -16,8 +16,8 @@ import statistics
 import time
 from pathlib import Path
 
-from mobilebert_paddle.squad import build_features, read_squad
-from mobilebert_paddle.tokenizer import MobileBertTokenizer
+from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
+from mobilebert_paddle.tasks.squad import build_features, read_squad
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

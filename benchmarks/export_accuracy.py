@@ -31,10 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilebert_paddle.evaluation import run_predictor
-from mobilebert_paddle.export import export_model, load_predictor
-from mobilebert_paddle.tasks import TaskSettings, get_task, load_eval_sets
-from mobilebert_paddle.tokenizer import MobileBertTokenizer
+from mobilebert_paddle.inference.evaluation import run_predictor
+from mobilebert_paddle.inference.export import export_model
+from mobilebert_paddle.inference.load import load_predictor
+from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
+from mobilebert_paddle.tasks.base import load_eval_sets
+from mobilebert_paddle.tasks.registry import get_task
+from mobilebert_paddle.tasks.settings import TaskSettings
 
 EXPORTS = {  # name -> (format, fuse, quantize)
     "onnx": ("onnx", False, None),
@@ -145,8 +148,8 @@ def activations_rounded(model, granularity: str):
 
 
 def train_quickstart_model(seed: int, dev_questions: int, directory: Path) -> tuple[Path, Path]:
-    from mobilebert_paddle import quickstart
     from mobilebert_paddle.cli import parse_command_args
+    from mobilebert_paddle.tools import quickstart
 
     args = parse_command_args("quickstart", ["--output", str(directory), "--seed", str(seed),
                                              "--dev-questions", str(dev_questions)])

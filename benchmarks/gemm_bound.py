@@ -26,8 +26,8 @@ def model_matmuls(preset: str, batch: int, length: int) -> tuple:
     """({(batches, m, k, n): count} of the encoder's matmuls (task heads and pooler left out), config)."""
     import paddle.nn as nn
 
-    from mobilebert_paddle.config import load_config
-    from mobilebert_paddle.model import MobileBertModel
+    from mobilebert_paddle.model.config import load_config
+    from mobilebert_paddle.model.network import MobileBertModel
 
     config = load_config(preset)
     model = MobileBertModel(config)
@@ -83,7 +83,7 @@ def main() -> None:
 
     import torch
 
-    from mobilebert_paddle.bench import model_flops
+    from mobilebert_paddle.tools.bench import model_flops
 
     torch.set_num_threads(args.threads)
     shapes, config = model_matmuls(args.preset, args.batch, args.seq)

@@ -74,8 +74,8 @@ def main() -> None:
 
     import paddle
 
-    from mobilebert_paddle.config import load_config
-    from mobilebert_paddle.model import MobileBertForPreTraining
+    from mobilebert_paddle.model.config import load_config
+    from mobilebert_paddle.model.network import MobileBertForPreTraining
 
     paddle.set_device("cpu")
     config = load_config(args.preset)

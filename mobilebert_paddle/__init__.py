@@ -7,16 +7,16 @@ and the CLI must set it before that happens (importing the package must not impo
 import importlib
 
 _EXPORTS = {
-    "MobileBertConfig": "config",
-    "MobileBertTokenizer": "tokenizer",
-    "MobileBertModel": "model",
-    "MobileBertForMaskedLM": "model",
-    "MobileBertForPreTraining": "model",
-    "MobileBertForNextSentencePrediction": "model",
-    "MobileBertForSequenceClassification": "model",
-    "MobileBertForQuestionAnswering": "model",
-    "MobileBertForTokenClassification": "model",
-    "MobileBertForMultipleChoice": "model",
+    "MobileBertConfig": "model.config",
+    "MobileBertTokenizer": "model.tokenizer",
+    "MobileBertModel": "model.network",
+    "MobileBertForMaskedLM": "model.network",
+    "MobileBertForPreTraining": "model.network",
+    "MobileBertForNextSentencePrediction": "model.network",
+    "MobileBertForSequenceClassification": "model.network",
+    "MobileBertForQuestionAnswering": "model.network",
+    "MobileBertForTokenClassification": "model.network",
+    "MobileBertForMultipleChoice": "model.network",
 }
 
 __all__ = list(_EXPORTS)

@@ -7,6 +7,7 @@ module is imported only when that command runs, so `mobilebert --help` stays fas
 returned dict is the run's JSON summary, printed on stdout; logs go to stderr.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,9 @@ import sys
 import warnings
 from typing import NamedTuple
 
-from .errors import Interrupted, UserInputError
+from .core import flags
+from .core.errors import Interrupted, UserInputError
+from .core.logs import drop_held_logs, logs_held_until_inputs_accepted
 
 
 class Command(NamedTuple):
@@ -32,39 +35,32 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "quickstart": Command("mobilebert_paddle.quickstart", "add_arguments", "run",
+    "quickstart": Command("mobilebert_paddle.tools.quickstart", "add_arguments", "run",
                           "offline demo: build a tiny model and SQuAD-style data, fine-tune, evaluate, predict"),
-    "convert": Command("mobilebert_paddle.convert", "add_arguments", "run",
+    "convert": Command("mobilebert_paddle.model.convert", "add_arguments", "run",
                        "HF checkpoint (dir or hub id) -> Paddle model dir, or back with --to hf"),
-    "compare": Command("mobilebert_paddle.compare", "add_arguments", "run",
+    "compare": Command("mobilebert_paddle.tools.compare", "add_arguments", "run",
                        "parity report: Paddle model vs the PyTorch reference, relative error per output"),
-    "finetune": Command("mobilebert_paddle.train", "add_finetune_arguments", "run_finetune",
+    "finetune": Command("mobilebert_paddle.training.finetune", "add_finetune_arguments", "run_finetune",
                         "fine-tune on SQuAD v1.1/v2.0, MNLI or a GLUE task, evaluating on dev as it goes"),
-    "evaluate": Command("mobilebert_paddle.evaluation", "add_evaluate_arguments", "run_evaluate",
+    "evaluate": Command("mobilebert_paddle.tools.evaluate", "add_evaluate_arguments", "run_evaluate",
                         "score a model on a task's dev data and write predictions"),
-    "predict": Command("mobilebert_paddle.evaluation", "add_predict_arguments", "run_predict",
+    "predict": Command("mobilebert_paddle.tools.evaluate", "add_predict_arguments", "run_predict",
                        "answer a question about a context, or classify a text (pair)"),
-    "export": Command("mobilebert_paddle.export", "add_arguments", "run",
+    "export": Command("mobilebert_paddle.inference.export", "add_arguments", "run",
                       "export a static Paddle inference model or ONNX (optionally fused / int8)"),
-    "squad-eval": Command("mobilebert_paddle.metrics", "add_squad_eval_arguments", "run_squad_eval",
+    "squad-eval": Command("mobilebert_paddle.tasks.metrics", "add_squad_eval_arguments", "run_squad_eval",
                           "drop-in for the official SQuAD v1.1/v2.0 evaluation script"),
-    "pretrain-data": Command("mobilebert_paddle.corpus", "add_arguments", "run",
+    "pretrain-data": Command("mobilebert_paddle.pretraining.corpus", "add_arguments", "run",
                              "raw text (one sentence a line, blank line between documents) -> token shards for pretrain"),
-    "pretrain": Command("mobilebert_paddle.pretraining", "add_pretrain_arguments", "run_pretrain",
+    "pretrain": Command("mobilebert_paddle.pretraining.pretrain", "add_pretrain_arguments", "run_pretrain",
                         "pretrain a model (IB-BERT teacher or any config) on masked LM + next sentence prediction"),
-    "distill": Command("mobilebert_paddle.distillation", "add_distill_arguments", "run_distill",
+    "distill": Command("mobilebert_paddle.pretraining.distillation", "add_distill_arguments", "run_distill",
                        "make a student from a pretrained teacher: layer-by-layer knowledge transfer, then "
                        "distillation on masked LM + NSP"),
-    "bench": Command("mobilebert_paddle.bench", "add_arguments", "run",
+    "bench": Command("mobilebert_paddle.tools.bench", "add_arguments", "run",
                      "latency/throughput of every inference path against HF PyTorch, side by side"),
 }
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit 2 (no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def use_all_cores() -> None:
@@ -112,60 +108,6 @@ def paddle_thread_advice_dropped():
         sys.stderr = original
 
 
-class HeldLogs(logging.Filter):
-    """Holds what one log handler would print until the command has accepted its inputs.
-
-    A bad input must be one stderr line, but commands log as they read ("12 training examples",
-    "no dev data"), and the error may come after that. So until `inputs_accepted()` (called where
-    a command starts real work, e.g. train.start_output) or the command's end, records are held:
-    printed once the inputs are accepted, dropped if the command ends with a UserInputError."""
-
-    def __init__(self, handler: logging.Handler):
-        super().__init__()
-        self.handler, self.held, self.holding = handler, [], True
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.holding:
-            self.held.append(record)
-            return False
-        return True
-
-    def release(self, show: bool = True) -> None:
-        self.holding = False
-        for record in self.held if show else ():
-            self.handler.handle(record)
-        self.held = []
-
-
-_HELD_LOGS: list[HeldLogs] = []
-
-
-def inputs_accepted() -> None:
-    """The command's inputs are good: print the log lines held so far, and the rest as they come."""
-    for held in _HELD_LOGS:
-        held.release()
-
-
-@contextlib.contextmanager
-def logs_held_until_inputs_accepted():
-    holders = [HeldLogs(handler) for handler in logging.getLogger().handlers]
-    for holder in holders:
-        holder.handler.addFilter(holder)
-    _HELD_LOGS.extend(holders)
-    try:
-        yield holders
-    finally:
-        for holder in holders:
-            holder.release()           # a no-op once released or dropped
-            holder.handler.removeFilter(holder)
-            _HELD_LOGS.remove(holder)
-
-
-def drop_held_logs(holders: list[HeldLogs]) -> None:
-    for holder in holders:
-        holder.release(show=False)
-
-
 @contextlib.contextmanager
 def signals_interrupt():
     """SIGINT and SIGTERM raise errors.Interrupted, so that `finally` blocks run (atomic writes clean
@@ -188,8 +130,8 @@ DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def build_parser(command_name: str | None) -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="mobilebert", description="MobileBERT in PaddlePaddle.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
+    parser = flags.OneLineErrorParser(prog="mobilebert", description="MobileBERT in PaddlePaddle.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=flags.OneLineErrorParser)
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, description=command.help,
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)

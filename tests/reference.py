@@ -14,8 +14,8 @@ import paddle
 import torch
 import transformers
 
-from mobilebert_paddle import compare
-from mobilebert_paddle.compare import relative_error  # noqa: F401  (re-exported for the tests)
+from mobilebert_paddle.core.numerics import relative_error  # noqa: F401  (re-exported for the tests)
+from mobilebert_paddle.tools import compare
 
 TINY = dict(vocab_size=99, hidden_size=32, embedding_size=16, intra_bottleneck_size=8, intermediate_size=24,
             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, type_vocab_size=2,

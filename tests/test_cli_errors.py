@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-
-from tiny_tasks import (make_tiny_model_dir, make_tokenizer, write_colour_pairs, write_marker_squad,
-                        write_mnli_dev)
+from tiny_tasks import make_tiny_model_dir, make_tokenizer, write_colour_pairs, write_marker_squad, write_mnli_dev
 
 
 class Case(NamedTuple):
@@ -294,10 +292,10 @@ TIMEOUT = 120   # a case that starts real work instead of failing would otherwis
 def save_head(directory: Path, head: str, **config_changes) -> Path:
     """A randomly initialised tiny model with a head, as `finetune` would save it."""
     import paddle
-
-    from mobilebert_paddle import model as model_module
-    from mobilebert_paddle.config import MobileBertConfig
     from tiny_tasks import TINY_CONFIG, VOCAB
+
+    from mobilebert_paddle.model import network as model_module
+    from mobilebert_paddle.model.config import MobileBertConfig
 
     paddle.seed(0)
     config = MobileBertConfig(vocab_size=len(VOCAB), **{**TINY_CONFIG, **config_changes})
@@ -321,9 +319,9 @@ def with_config(source: Path, directory: Path, text: str) -> Path:
 
 def build_model_inputs(root: Path, paths: dict) -> None:
     import transformers
-
     from reference import make_hf_model, save_hf
-    from mobilebert_paddle.convert import convert
+
+    from mobilebert_paddle.model.convert import convert
 
     paths["base"] = make_tiny_model_dir(root / "base", max_position_embeddings=MAX_POSITIONS)
     paths["qa"] = save_head(root / "qa", "MobileBertForQuestionAnswering", max_position_embeddings=MAX_POSITIONS)
@@ -357,8 +355,9 @@ def build_model_inputs(root: Path, paths: dict) -> None:
 def build_pretraining_inputs(root: Path, paths: dict) -> None:
     """A DATA_DIR of `pretrain-data` (tiny vocabulary, 32-token rows), a ForPreTraining model dir
     with the same vocabulary, and config.json files that disagree with them in one way each."""
-    from mobilebert_paddle.corpus import CorpusSettings, write_pretraining_data
     from tiny_tasks import TINY_CONFIG, VOCAB
+
+    from mobilebert_paddle.pretraining.corpus import CorpusSettings, write_pretraining_data
 
     documents = ["\n".join(f"the w{(document * 7 + line) % 40} is red ." for line in range(6)) for document in range(8)]
     (root / "corpus.txt").write_text("\n\n".join(documents) + "\n")

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import HF_HEADS, make_hf_model, save_hf
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from mobilebert_paddle import compare
 from mobilebert_paddle.cli import main
-from mobilebert_paddle.convert import convert
-from reference import HF_HEADS, make_hf_model, save_hf
+from mobilebert_paddle.core import numerics
+from mobilebert_paddle.model.convert import convert
+from mobilebert_paddle.tools import compare
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -72,10 +73,10 @@ def perturb_one_tensor(directory: Path, key: str, factor: float = 1.01) -> None:
 def test_relative_error_is_max_abs_difference_over_max_abs_reference():
     torch_value = np.array([[1.0, -4.0], [2.0, 100.0]])
     paddle_value = np.array([[1.0, -4.002], [2.0, 100.0]])
-    assert compare.relative_error(paddle_value, torch_value) == pytest.approx(0.002 / 100)
+    assert numerics.relative_error(paddle_value, torch_value) == pytest.approx(0.002 / 100)
     mask = np.array([True, False])  # the first row only: scale 4
-    assert compare.relative_error(paddle_value, torch_value, mask) == pytest.approx(0.002 / 4)
-    assert compare.relative_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert numerics.relative_error(paddle_value, torch_value, mask) == pytest.approx(0.002 / 4)
+    assert numerics.relative_error(np.zeros(3), np.zeros(3)) == 0.0
 
 
 def test_output_errors_masks_padding_and_measures_cls_alone():

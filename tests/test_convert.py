@@ -22,14 +22,23 @@ import paddle
 import pytest
 import torch
 import transformers
+from reference import (
+    HF_HEADS,
+    VARIANTS,
+    make_hf_model,
+    padded_batch,
+    paired_outputs,
+    relative_error,
+    run_paddle,
+    run_torch,
+    save_hf,
+)
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from mobilebert_paddle import convert as conversion
 from mobilebert_paddle.cli import main
-from mobilebert_paddle.model import HEADS
-from reference import HF_HEADS, VARIANTS, make_hf_model, padded_batch, paired_outputs, relative_error, run_paddle, \
-    run_torch, save_hf
+from mobilebert_paddle.model import convert as conversion
+from mobilebert_paddle.model.network import HEADS
 
 TOLERANCE = 1e-5
 

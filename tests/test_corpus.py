@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from mobilebert_paddle.cli import parse_command_args
-from mobilebert_paddle.corpus import (PretrainingData, default_max_predictions, mask_tokens, run,
-                                      truncation_counts)
-from mobilebert_paddle.errors import UserInputError
+from mobilebert_paddle.core.errors import UserInputError
+from mobilebert_paddle.pretraining.corpus import run, truncation_counts
+from mobilebert_paddle.pretraining.masking import default_max_predictions, mask_tokens
+from mobilebert_paddle.pretraining.shards import PretrainingData
 
 SIGMAS = 4.5
 
@@ -104,7 +105,7 @@ def test_about_half_the_pairs_take_b_from_another_document(data):
 def test_random_next_segments_come_from_another_document(data, corpus):
     """Label 0: A and B are spans of one document. Label 1: B is a span of another document
     (the window around each document holds ~1000 of the 2067)."""
-    from mobilebert_paddle.tokenizer import MobileBertTokenizer
+    from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
 
     tokenizer = MobileBertTokenizer.from_pretrained(data.tokenizer_dir)
     documents = [np.concatenate(tokenizer.encode_batch(text.split("\n"), add_special_tokens=False,

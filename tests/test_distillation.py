@@ -19,11 +19,21 @@ import pytest
 from test_pretraining import cli_subprocess, corpus, launch, metric_lines, pretrain_argv  # noqa: F401 (corpus: a fixture)
 from tiny_tasks import model_weights, run_cli, subprocess_env
 
-from mobilebert_paddle.config import MobileBertConfig
-from mobilebert_paddle.distillation import (LayerSchedule, TransferFactors, check_compatible, copy_from_teacher,
-                                            copied_parameter_names, layer_transfer_losses, parameter_group,
-                                            phase_warmup, pretraining_distillation_losses)
-from mobilebert_paddle.errors import UserInputError
+from mobilebert_paddle.core.errors import UserInputError
+from mobilebert_paddle.model.config import MobileBertConfig
+from mobilebert_paddle.pretraining.distillation import (
+    LayerSchedule,
+    check_compatible,
+    copied_parameter_names,
+    copy_from_teacher,
+    parameter_group,
+    phase_warmup,
+)
+from mobilebert_paddle.pretraining.distillation_losses import (
+    TransferFactors,
+    layer_transfer_losses,
+    pretraining_distillation_losses,
+)
 
 FACTORS = TransferFactors()          # Google's: hidden 100, attention 1, beta 5000, gamma 5
 
@@ -227,7 +237,7 @@ def test_check_compatible_compares_vocabularies():
 
 
 def test_student_starts_from_the_teachers_embeddings_and_heads():
-    from mobilebert_paddle.model import MobileBertForPreTraining
+    from mobilebert_paddle.model.network import MobileBertForPreTraining
 
     paddle.seed(1)
     teacher = MobileBertForPreTraining(MobileBertConfig(**TEACHER))
@@ -252,9 +262,9 @@ def test_student_starts_from_the_teachers_embeddings_and_heads():
 def test_a_transfer_step_runs_no_layer_above_its_own():
     """Stage 1 at layer l reads layer l's output and attention only, so neither model runs the
     layers above l (up to half of stage 1's compute); what it reads equals a full forward's."""
-    from mobilebert_paddle.distillation import DistillationTask, StudentView
-    from mobilebert_paddle.model import MobileBertForPreTraining
-    from mobilebert_paddle.pretraining import MaskingSettings
+    from mobilebert_paddle.model.network import MobileBertForPreTraining
+    from mobilebert_paddle.pretraining.distillation import DistillationTask, StudentView
+    from mobilebert_paddle.pretraining.task import MaskingSettings
 
     paddle.seed(1)
     teacher = MobileBertForPreTraining(MobileBertConfig(**TEACHER))
@@ -325,8 +335,8 @@ def distill_argv(corpus: dict, teacher: dict, output, transfer: int, distill: in
 
 def run_recording_weights(argv: list, monkeypatch, every: int) -> dict[int, dict[str, np.ndarray]]:
     """Run `mobilebert ARGV` in-process and keep the student's weights at step 0 and every `every` steps."""
-    from mobilebert_paddle import train
     from mobilebert_paddle.cli import main
+    from mobilebert_paddle.training import trainer as train
 
     snapshots: dict[int, dict[str, np.ndarray]] = {}
 

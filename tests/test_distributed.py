@@ -21,9 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tiny_tasks import (make_tiny_model_dir, max_relative_difference, model_weights, subprocess_env,
-                        write_colour_pairs)
+from tiny_tasks import make_tiny_model_dir, max_relative_difference, model_weights, subprocess_env, write_colour_pairs
 
 LAUNCH_ENTRY = "from mobilebert_paddle.cli import main\nraise SystemExit(main())\n"
 

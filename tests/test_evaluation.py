@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_tasks import FILLERS, make_tiny_model_dir, run_cli, write_marker_squad, write_mnli_dev
 
-from mobilebert_paddle import evaluation
-from mobilebert_paddle.metrics import glue_metrics, squad_evaluate
-from tiny_tasks import (FILLERS, make_tiny_model_dir, run_cli, write_marker_squad, write_mnli_dev)
+from mobilebert_paddle.inference import load as inference_load
+from mobilebert_paddle.tasks.metrics import glue_metrics, squad_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +34,10 @@ def qa_run(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def mnli_model(tmp_path_factory) -> Path:
     """An (untrained) MNLI classifier saved as fine-tuning saves one."""
-    from mobilebert_paddle.glue import id2label
-    from mobilebert_paddle.model import MobileBertForSequenceClassification
     from tiny_tasks import make_tokenizer
+
+    from mobilebert_paddle.model.network import MobileBertForSequenceClassification
+    from mobilebert_paddle.tasks.glue import id2label
 
     root = tmp_path_factory.mktemp("mnli")
     model = MobileBertForSequenceClassification.from_pretrained(make_tiny_model_dir(root / "base"),
@@ -129,18 +128,18 @@ def test_predict_classifies_a_text_pair(mnli_model, capsys):
     assert sum(entry["probability"] for entry in result["labels"]) == pytest.approx(1.0)
 
 
-def test_other_backends_plug_in_through_export_load_predictor(qa_run, tmp_path, capsys, monkeypatch):
-    """--backend X calls mobilebert_paddle.export.load_predictor(model_dir, X); whatever it returns
+def test_other_backends_plug_in_through_load_predictor(qa_run, tmp_path, capsys, monkeypatch):
+    """--backend X calls inference.load.load_predictor(model_dir, X); whatever it returns
     is scored by the same windows, post-processing and metric."""
     run, dev = qa_run
-    model = evaluation.load_inference_model(str(run / "best"), "MobileBertForQuestionAnswering")
+    model = inference_load.load_inference_model(str(run / "best"), "MobileBertForQuestionAnswering")
     calls = []
 
     def load_predictor(directory, backend):
         calls.append((Path(directory), backend))
         return lambda batch: model.predictor(batch)       # numpy in, numpy out
 
-    monkeypatch.setitem(sys.modules, "mobilebert_paddle.export", types.SimpleNamespace(load_predictor=load_predictor))
+    monkeypatch.setattr(inference_load, "load_predictor", load_predictor)
     code, summary, err = run_cli(capsys, ["evaluate", "squad1", "--model", run / "best", "--data", dev,
                                           "--output", tmp_path / "eval", "--backend", "onnx", *QA_FLAGS])
     assert code == 0, err
@@ -161,14 +160,6 @@ def test_evaluate_on_openvino_scores_as_eager(qa_run, tmp_path, capsys):
     recorded.pop("step")
     assert summary["backend"] == "openvino" and summary["metrics"] == recorded
     assert (tmp_path / "eval" / "predictions.json").read_text() == (run / "best" / "predictions.json").read_text()
-
-
-def test_missing_export_module_is_a_clear_error(qa_run, tmp_path, capsys, monkeypatch):
-    run, dev = qa_run
-    monkeypatch.setitem(sys.modules, "mobilebert_paddle.export", None)     # import fails
-    code, _, err = run_cli(capsys, ["evaluate", "squad1", "--model", run / "best", "--data", dev,
-                                    "--output", tmp_path / "eval", "--backend", "paddle", *QA_FLAGS])
-    assert code == 2 and "--backend paddle needs mobilebert_paddle.export.load_predictor" in err
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import VARIANTS, make_hf_model, padded_batch, relative_error, run_paddle, save_hf
 
 from mobilebert_paddle import cli
-from mobilebert_paddle.convert import convert
-from mobilebert_paddle.export import OpenVinoPredictor, export_model, load_predictor, read_manifest
-from mobilebert_paddle.errors import UserInputError
-
-from reference import VARIANTS, make_hf_model, padded_batch, relative_error, run_paddle, save_hf
+from mobilebert_paddle.core.errors import UserInputError
+from mobilebert_paddle.inference.export import export_model
+from mobilebert_paddle.inference.load import load_predictor
+from mobilebert_paddle.inference.predictors import OpenVinoPredictor, read_manifest
+from mobilebert_paddle.model.convert import convert
 
 QA = "MobileBertForQuestionAnswering"
 CLASSIFICATION = "MobileBertForSequenceClassification"
@@ -216,9 +217,9 @@ def test_openvino_static_int8_keeps_the_head_in_float(tmp_path, eager):
     trained model (benchmarks/export_accuracy.py), not on random tiny weights."""
     pytest.importorskip("nncf")
     import openvino
-
-    from mobilebert_paddle.model import MobileBertForQuestionAnswering
     from tiny_tasks import make_tiny_model_dir, make_tokenizer, write_marker_squad
+
+    from mobilebert_paddle.model.network import MobileBertForQuestionAnswering
 
     model = MobileBertForQuestionAnswering.from_pretrained(make_tiny_model_dir(tmp_path / "base"))
     model.config.extra["task_settings"] = {"max_seq_length": 32, "doc_stride": 8, "max_query_length": 8}
@@ -268,10 +269,10 @@ def test_without_openvino_one_line_naming_the_extra(tmp_path, model_dirs):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("head", [QA, CLASSIFICATION, "MobileBertModel"])
 def test_fuse_model_equals_eager_every_variant(variant, head):
-    from mobilebert_paddle.convert import hf_to_paddle
-    from mobilebert_paddle.modeldir import build_model
-    from mobilebert_paddle.config import MobileBertConfig
-    from mobilebert_paddle.fuse import fuse_model
+    from mobilebert_paddle.inference.fuse import fuse_model
+    from mobilebert_paddle.model.config import MobileBertConfig
+    from mobilebert_paddle.model.loading import build_model
+    from mobilebert_paddle.model.modeldir import hf_to_paddle
 
     hf_model = make_hf_model(head, **VARIANTS[variant])
     config = MobileBertConfig.from_dict(hf_model.config.to_dict())
@@ -439,12 +440,11 @@ def test_model_flops_counts_every_linear(variant):
     per token (per sequence for the pooler and classifier), plus QK^T and PV. ib_bert_layout:
     query, key and value read the H-wide block input (IB-BERT, the teacher)."""
     import paddle
-
-    from mobilebert_paddle.bench import model_flops
-    from mobilebert_paddle.config import MobileBertConfig
-    from mobilebert_paddle.model import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-
     from reference import TINY
+
+    from mobilebert_paddle.model.config import MobileBertConfig
+    from mobilebert_paddle.model.network import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
+    from mobilebert_paddle.tools.bench import model_flops
 
     layouts = {**VARIANTS, "ib_bert_layout": dict(key_query_shared_bottleneck=False)}
     config = MobileBertConfig(**{**TINY, **layouts[variant]})
@@ -475,8 +475,8 @@ def test_model_flops_counts_every_linear(variant):
 
 def test_model_flops_full_size_matches_issue():
     """Issue 6 quotes 5.18 GFLOP at 1x128 and 124 GFLOP at 8x384 for the Linears alone."""
-    from mobilebert_paddle.bench import model_flops
-    from mobilebert_paddle.config import MobileBertConfig
+    from mobilebert_paddle.model.config import MobileBertConfig
+    from mobilebert_paddle.tools.bench import model_flops
 
     config = MobileBertConfig()
     for (batch, length), linears in [((1, 128), 5.18e9), ((8, 384), 124e9)]:
@@ -491,7 +491,7 @@ def test_gemm_bound_counts_what_bench_counts():
     bench.model_flops counts: every encoder Linear per token and both attention products."""
     import importlib.util
 
-    from mobilebert_paddle.bench import model_flops
+    from mobilebert_paddle.tools.bench import model_flops
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gemm_bound.py"
     spec = importlib.util.spec_from_file_location("gemm_bound", path)

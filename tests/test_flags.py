@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mobilebert_paddle import cli, flags
+from mobilebert_paddle import cli
+from mobilebert_paddle.core import flags
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:

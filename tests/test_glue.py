@@ -6,11 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobilebert_paddle.config import MobileBertConfig
-from mobilebert_paddle.errors import UserInputError
-from mobilebert_paddle.glue import (GLUE_MAIN_METRIC, GLUE_TASKS, GlueExample, build_glue_features, id2label,
-                                    read_glue)
-from mobilebert_paddle.metrics import COMBINED_METRICS, METRIC_FUNCTIONS
+from mobilebert_paddle.core.errors import UserInputError
+from mobilebert_paddle.model.config import MobileBertConfig
+from mobilebert_paddle.tasks.glue import (
+    GLUE_MAIN_METRIC,
+    GLUE_TASKS,
+    GlueExample,
+    build_glue_features,
+    id2label,
+    read_glue,
+)
+from mobilebert_paddle.tasks.metrics import COMBINED_METRICS, METRIC_FUNCTIONS
 
 # ---------------------------------------------------------------------------------------------
 # Every task, files as distributed (headers copied from the GLUE download), with quotes in text

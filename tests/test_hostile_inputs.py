@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-
 from tiny_tasks import TINY_CONFIG, VOCAB, make_tiny_model_dir, make_tokenizer, write_colour_pairs, write_marker_squad
 
 PARALLEL = 4
@@ -158,8 +157,8 @@ def with_config(source: Path, directory: Path, **changes) -> Path:
 def save_head(directory: Path, head: str, **config_changes) -> Path:
     import paddle
 
-    from mobilebert_paddle import model as model_module
-    from mobilebert_paddle.config import MobileBertConfig
+    from mobilebert_paddle.model import network as model_module
+    from mobilebert_paddle.model.config import MobileBertConfig
 
     paddle.seed(0)
     config = MobileBertConfig(vocab_size=len(VOCAB), **{**TINY_CONFIG, "max_position_embeddings": 384,
@@ -170,9 +169,9 @@ def save_head(directory: Path, head: str, **config_changes) -> Path:
 
 def build_hf_inputs(root: Path, paths: dict, marker: Path) -> None:
     import torch
-
-    from mobilebert_paddle.convert import convert
     from reference import make_hf_model, save_hf
+
+    from mobilebert_paddle.model.convert import convert
 
     model = make_hf_model("MobileBertForQuestionAnswering")
     hf = paths["hf"] = save_hf(model, root / "hf")
@@ -263,7 +262,7 @@ def build_paddle_inputs(root: Path, paths: dict, marker: Path) -> None:
 
 
 def build_export_inputs(root: Path, paths: dict) -> None:
-    from mobilebert_paddle.export import export_model
+    from mobilebert_paddle.inference.export import export_model
 
     export_model(paths["qa"], root / "onnx", "onnx")
     export_model(paths["qa"], root / "paddle_export", "paddle")

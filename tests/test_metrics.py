@@ -12,11 +12,18 @@ import sys
 import numpy as np
 import pytest
 
-from mobilebert_paddle import metrics
-from mobilebert_paddle.errors import UserInputError
-from mobilebert_paddle.metrics import (answer_f1, apply_na_threshold, glue_metrics,
-                                       normalize_answer, raw_squad_scores, squad_evaluate, squad_gold_answers,
-                                       summarize)
+from mobilebert_paddle.core.errors import UserInputError
+from mobilebert_paddle.tasks import metrics
+from mobilebert_paddle.tasks.metrics import (
+    answer_f1,
+    apply_na_threshold,
+    glue_metrics,
+    normalize_answer,
+    raw_squad_scores,
+    squad_evaluate,
+    squad_gold_answers,
+    summarize,
+)
 
 
 def squad_json(questions: list[tuple[str, list[str]]]) -> dict:

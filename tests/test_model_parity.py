@@ -10,11 +10,21 @@ import numpy as np
 import paddle
 import pytest
 import torch
+from reference import (
+    HF_HEADS,
+    VARIANTS,
+    make_hf_model,
+    padded_batch,
+    paired_outputs,
+    perturb,
+    relative_error,
+    run_paddle,
+    run_torch,
+    save_hf,
+)
 
 import mobilebert_paddle as mbp
-from mobilebert_paddle.model import HEADS
-from reference import (HF_HEADS, VARIANTS, make_hf_model, padded_batch, paired_outputs, perturb, relative_error,
-                       run_paddle, run_torch, save_hf)
+from mobilebert_paddle.model.network import HEADS
 
 TOLERANCE = 1e-5
 
@@ -204,7 +214,7 @@ def test_ib_bert_layout_equals_reference(head, tmp_path):
 
 def test_ib_bert_round_trip_to_hf_layout(tmp_path):
     """Paddle -> HF-named layout -> Paddle is bit-identical; the summary says transformers cannot load it."""
-    from mobilebert_paddle.convert import convert
+    from mobilebert_paddle.model.convert import convert
 
     hf_model = make_ib_bert_reference("MobileBertForPreTraining")
     save_hf(hf_model, tmp_path / "hf")
@@ -229,7 +239,7 @@ def test_ib_bert_round_trip_to_hf_layout(tmp_path):
 def test_presets_build_google_configs(preset):
     """Google's released configs, at full size: backbone parameter counts within 5% of the paper's
     (MobileBERT 25.3M, MobileBERT-TINY 15.1M, IB-BERT_LARGE 293M; measured 24.6M, 15.5M, 294.5M)."""
-    from mobilebert_paddle.config import load_config
+    from mobilebert_paddle.model.config import load_config
 
     config = load_config(preset)
     assert config.num_hidden_layers == 24 and config.hidden_size == 512 and config.vocab_size == 30522
@@ -242,8 +252,8 @@ def test_presets_build_google_configs(preset):
 
 
 def test_load_config_refuses_unknown_spec(tmp_path):
-    from mobilebert_paddle.config import load_config
-    from mobilebert_paddle.errors import UserInputError
+    from mobilebert_paddle.core.errors import UserInputError
+    from mobilebert_paddle.model.config import load_config
 
     with pytest.raises(UserInputError, match="neither a preset"):
         load_config(tmp_path / "missing.json")

@@ -54,10 +54,10 @@ import numpy as np
 import paddle
 import pytest
 import torch
-
-from mobilebert_paddle.fuse import fuse_model
-from mobilebert_paddle.model import MobileBertForQuestionAnswering, MobileBertModel
 from reference import make_hf_model, padded_batch, save_hf
+
+from mobilebert_paddle.inference.fuse import fuse_model
+from mobilebert_paddle.model.network import MobileBertForQuestionAnswering, MobileBertModel
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny_tasks import max_relative_difference, model_weights, run_cli, subprocess_env, write_marker_squad
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -48,7 +47,7 @@ def corpus_text(articles: list[dict]) -> str:
 def write_vocab(text: str, directory: Path) -> Path:
     from tokenizers import normalizers, pre_tokenizers
 
-    from mobilebert_paddle.tokenizer import MobileBertTokenizer
+    from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
 
     normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     words = Counter(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
@@ -108,7 +107,7 @@ def learned(corpus, tmp_path_factory):
 
 def most_frequent_token_accuracy(dev: Path, seed: int, max_predictions: int) -> float:
     """Accuracy of always predicting the held-out set's most frequent masked token (its labels)."""
-    from mobilebert_paddle.pretraining import MaskingSettings, PretrainingTask, open_data
+    from mobilebert_paddle.pretraining.task import MaskingSettings, PretrainingTask, open_data
 
     data = open_data(dev)
     eval_set = PretrainingTask().eval_set("dev", str(dev), data, None,

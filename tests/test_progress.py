@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 
-from mobilebert_paddle.progress import LogLineBar, progress_bar
+from mobilebert_paddle.core.progress import LogLineBar, progress_bar
 
 
 class Terminal(io.StringIO):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from tiny_tasks import run_cli
 
-from mobilebert_paddle import quickstart
+from mobilebert_paddle.tools import quickstart
 
 TIME_LIMIT_SECONDS = 180            # the bound for the whole command on 2 CPU cores
 
@@ -80,8 +80,8 @@ def test_every_artifact_exists(summary, quickstart_run):
 
 @pytest.mark.slow
 def test_best_model_loads_and_predict_agrees_with_evaluate(summary):
-    from mobilebert_paddle.evaluation import load_inference_model
-    from mobilebert_paddle.tasks import QA_HEAD
+    from mobilebert_paddle.inference.load import load_inference_model
+    from mobilebert_paddle.tasks.base import QA_HEAD
 
     model = load_inference_model(summary["artifacts"]["best_model"], QA_HEAD)
     assert model.architecture == QA_HEAD and model.config.num_hidden_layers == 2
@@ -96,7 +96,7 @@ def test_best_model_loads_and_predict_agrees_with_evaluate(summary):
 
 @pytest.mark.slow
 def test_reported_scores_are_the_metric_of_the_written_predictions(summary):
-    from mobilebert_paddle.metrics import squad_evaluate
+    from mobilebert_paddle.tasks.metrics import squad_evaluate
 
     dev = json.loads(Path(summary["artifacts"]["dev_data"]).read_text(encoding="utf-8"))
     predictions = json.loads(Path(summary["artifacts"]["predictions"]).read_text(encoding="utf-8"))
@@ -165,7 +165,7 @@ def test_8_bit_rounding_of_the_activation_study():
 # ----- the data --------------------------------------------------------------------------------
 
 def test_dataset_is_squad_v1_with_real_spans_next_to_the_name(tmp_path):
-    from mobilebert_paddle.squad import read_squad
+    from mobilebert_paddle.tasks.squad import read_squad
 
     dataset = quickstart.make_squad_dataset(60, seed=3, title="t")
     assert dataset["version"] == "1.1" and quickstart.question_count(dataset) >= 60
@@ -206,7 +206,7 @@ def test_generation_is_seeded():
 
 
 def test_vocabulary_is_the_same_every_time_and_keeps_every_word_whole(tmp_path):
-    from mobilebert_paddle.tokenizer import MobileBertTokenizer
+    from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
 
     texts = list(quickstart.dataset_texts(quickstart.make_squad_dataset(200, 3, "t")))
     first = quickstart.build_vocab(texts, tmp_path / "a").read_text(encoding="utf-8")

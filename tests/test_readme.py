@@ -35,7 +35,6 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
-
 from tiny_tasks import VOCAB, write_colour_pairs, write_marker_squad, write_mnli_dev
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +91,7 @@ def inline_commands() -> list[str]:
 
 def signature(command: str) -> str:
     """'finetune squad1 --dev --model --output --train': subcommand, task, flag names."""
-    from mobilebert_paddle.tasks import TASK_NAMES
+    from mobilebert_paddle.tools.evaluate import TASK_NAMES
 
     tokens = shlex.split(command.replace("$(which mobilebert)", "mobilebert"))
     prefix = ""
@@ -193,7 +192,7 @@ def write_tiny_corpus(path: Path, documents: int, seed: int) -> None:
 def write_tiny_presets(root: Path) -> None:
     """Google's IB-BERT layout (the ib-bert preset) at 2 layers, 32 wide between blocks, 64 inside;
     MobileBERT's (the mobilebert preset) at 2 layers, 32 between blocks, 16 inside: a student for it."""
-    from mobilebert_paddle.config import PRESETS
+    from mobilebert_paddle.model.config import PRESETS
 
     shared = {"vocab_size": len(VOCAB), "hidden_size": 32, "embedding_size": 16, "num_hidden_layers": 2,
               "num_attention_heads": 2, "max_position_embeddings": 512}
@@ -240,7 +239,7 @@ def walkthrough(tmp_path_factory) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def check_convert_to_paddle(result: Result, root: Path, walkthrough: dict) -> None:
-    from mobilebert_paddle.modeldir import read_safetensors_metadata
+    from mobilebert_paddle.model.modeldir import read_safetensors_metadata
 
     destination = root / result.argv[2]
     assert result.summary["architecture"] == "MobileBertForPreTraining"

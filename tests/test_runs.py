@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from mobilebert_paddle import cli, train
 from tiny_tasks import make_tiny_model_dir, model_weights, subprocess_env, write_colour_pairs, write_marker_squad
+
+from mobilebert_paddle import cli
+from mobilebert_paddle.core import errors
+from mobilebert_paddle.training import checkpoint as train
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,8 @@ def run_cli(argv, env=None, **options) -> subprocess.CompletedProcess:
 SLOW_STEPS = (
     "import sys, time\n"
     "from mobilebert_paddle import cli, train\n"
-    "step = train.Trainer.train_step\n"
-    "train.Trainer.train_step = lambda self, *args: (time.sleep(1.0), step(self, *args))[1]\n"
+    "step = trainer.Trainer.train_step\n"
+    "trainer.Trainer.train_step = lambda self, *args: (time.sleep(1.0), step(self, *args))[1]\n"
     "raise SystemExit(cli.main(sys.argv[1:]))\n")
 
 
@@ -193,7 +195,7 @@ def test_every_flag_either_may_change_on_resume_or_is_named_when_changed(action)
                                                                                           "model", "train", "dev",
                                                                                           "data_dir", "data")
     else:
-        with pytest.raises(train.UserInputError, match=f"--{action.dest.replace('_', '-')} was "):
+        with pytest.raises(errors.UserInputError, match=f"--{action.dest.replace('_', '-')} was "):
             train.check_same_run(saved, {**identity, "flags": train.run_flags(config)}, Path("run/last"))
 
 
@@ -275,7 +277,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one(inputs, reference):
 
 
 def test_full_disk_during_export_leaves_nothing_half_written(inputs, tmp_path):
-    from mobilebert_paddle.model import MobileBertForQuestionAnswering
+    from mobilebert_paddle.model.network import MobileBertForQuestionAnswering
 
     model = tmp_path / "qa"
     MobileBertForQuestionAnswering.from_pretrained(inputs["base"]).save_pretrained(model, tokenizer=None)
@@ -297,7 +299,7 @@ def test_full_disk_during_export_leaves_nothing_half_written(inputs, tmp_path):
 
 
 def test_full_disk_during_evaluate_keeps_the_earlier_results_whole(inputs, tmp_path):
-    from mobilebert_paddle.model import MobileBertForQuestionAnswering
+    from mobilebert_paddle.model.network import MobileBertForQuestionAnswering
 
     model = tmp_path / "qa"
     MobileBertForQuestionAnswering.from_pretrained(inputs["base"]).save_pretrained(model)

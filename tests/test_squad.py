@@ -15,10 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilebert_paddle.errors import UserInputError
-from mobilebert_paddle.squad import (NOT_CONTEXT, SquadExample, SquadFeatures, build_features,
-                                     postprocess_predictions, read_squad, write_prediction_files)
-from mobilebert_paddle.tokenizer import MobileBertTokenizer
+from mobilebert_paddle.core.errors import UserInputError
+from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
+from mobilebert_paddle.tasks.squad import (
+    NOT_CONTEXT,
+    SquadExample,
+    SquadFeatures,
+    build_features,
+    postprocess_predictions,
+    read_squad,
+    write_prediction_files,
+)
 
 transformers = pytest.importorskip("transformers")
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
@@ -172,7 +179,7 @@ def test_features_access(toy_tokenizer):
     assert len(features[np.array([0, 2])]) == 2
     assert set(features.model_inputs()) == {"input_ids", "token_type_ids", "attention_mask"}
     with pytest.raises(AttributeError):
-        features.nothing
+        features.nothing  # noqa: B018 (the attribute access is what raises)
 
 
 # ----- training labels ------------------------------------------------------------------------------

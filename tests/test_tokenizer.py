@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tokenizers
 
-from mobilebert_paddle.errors import UserInputError
-from mobilebert_paddle.tokenizer import MobileBertTokenizer
+from mobilebert_paddle.core.errors import UserInputError
+from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
 
 transformers = pytest.importorskip("transformers")
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])

@@ -18,12 +18,20 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from tiny_tasks import (
+    make_tiny_model_dir,
+    model_weights,
+    run_cli,
+    subprocess_env,
+    write_colour_pairs,
+    write_marker_squad,
+)
 
-from mobilebert_paddle import flags, train
 from mobilebert_paddle.cli import parse_command_args
-from mobilebert_paddle.tasks import TASKS
-from tiny_tasks import (make_tiny_model_dir, model_weights, run_cli, subprocess_env, write_colour_pairs,
-                        write_marker_squad)
+from mobilebert_paddle.core import flags
+from mobilebert_paddle.tasks.registry import TASKS
+from mobilebert_paddle.training import checkpoint as train
+from mobilebert_paddle.training import optim, trainer
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +50,7 @@ def pair_data(tmp_path_factory) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------------------------
 
 def test_schedule_warms_up_then_decays_to_min_lr_at_decay_ratio_then_stays():
-    schedule = train.WarmupDecaySchedule(peak_lr=8e-5, min_lr=1e-6, warmup_steps=10, decay_steps=70)
+    schedule = optim.WarmupDecaySchedule(peak_lr=8e-5, min_lr=1e-6, warmup_steps=10, decay_steps=70)
     rates = []
     for _ in range(101):
         rates.append(schedule.last_lr)
@@ -52,16 +60,16 @@ def test_schedule_warms_up_then_decays_to_min_lr_at_decay_ratio_then_stays():
     assert rates[40] == pytest.approx(midpoint)
     assert all(later < earlier for earlier, later in zip(rates[10:70], rates[11:70]))
     assert rates[70:] == [1e-6] * 31
-    linear = train.WarmupDecaySchedule(peak_lr=1.0, min_lr=0.0, warmup_steps=0, decay_steps=100, shape="linear")
+    linear = optim.WarmupDecaySchedule(peak_lr=1.0, min_lr=0.0, warmup_steps=0, decay_steps=100, shape="linear")
     linear.step(25)
     assert linear.last_lr == pytest.approx(0.75)
 
 
 def test_weight_decay_skips_biases_and_norm_weights(base_model):
-    from mobilebert_paddle.model import MobileBertForQuestionAnswering
+    from mobilebert_paddle.model.network import MobileBertForQuestionAnswering
 
     model = MobileBertForQuestionAnswering.from_pretrained(base_model)
-    skipped = train.no_decay_parameter_names(model)
+    skipped = optim.no_decay_parameter_names(model)
     by_path = {path: param.name for path, param in model.named_parameters()}
     assert by_path["qa_outputs.bias"] in skipped
     assert by_path["mobilebert.embeddings.LayerNorm.weight"] in skipped            # a NoNorm
@@ -74,8 +82,8 @@ def test_weight_decay_skips_biases_and_norm_weights(base_model):
 
 @pytest.mark.parametrize("rows, batch", [(100, 16), (97, 10), (64, 64)])
 def test_global_batches_are_the_same_for_any_number_of_processes(rows, batch):
-    single = train.GlobalBatchSampler(rows, batch, seed=42, num_replicas=1, rank=0, min_batch_size=2)
-    pair = [train.GlobalBatchSampler(rows, batch, seed=42, num_replicas=2, rank=rank, min_batch_size=2)
+    single = trainer.GlobalBatchSampler(rows, batch, seed=42, num_replicas=1, rank=0, min_batch_size=2)
+    pair = [trainer.GlobalBatchSampler(rows, batch, seed=42, num_replicas=2, rank=rank, min_batch_size=2)
             for rank in (0, 1)]
     for epoch in (0, 3):
         for sampler in [single, *pair]:
@@ -87,7 +95,7 @@ def test_global_batches_are_the_same_for_any_number_of_processes(rows, batch):
             assert abs(len(pair[0].local_batch(number)) - len(pair[1].local_batch(number))) <= 1
     seen = np.concatenate(list(map(np.asarray, single)))
     assert len(set(seen.tolist())) == len(seen) >= rows - batch      # each row at most once per epoch
-    other_seed = train.GlobalBatchSampler(rows, batch, seed=7, num_replicas=1, rank=0)
+    other_seed = trainer.GlobalBatchSampler(rows, batch, seed=7, num_replicas=1, rank=0)
     assert other_seed.epoch_order(0).tolist() != single.epoch_order(0).tolist()
 
 
@@ -95,12 +103,12 @@ def test_global_batches_are_the_same_for_any_number_of_processes(rows, batch):
 def test_optimizer_state_moves_between_processes_by_parameter_path(base_model, optimizer_name):
     """Paddle keys Adam / LAMB moments by per-process unique names (linear_12.w_0); last/ keys
     them by path, so a model built in another order (another process) gets its own moments back."""
-    from mobilebert_paddle.model import MobileBertForSequenceClassification
+    from mobilebert_paddle.model.network import MobileBertForSequenceClassification
 
     def model_and_optimizer():
         model = MobileBertForSequenceClassification.from_pretrained(base_model)
-        schedule = train.WarmupDecaySchedule(1e-3, 0.0, 0, 10)
-        return model, schedule, train.build_optimizer(model, schedule, parse_command_args(
+        schedule = optim.WarmupDecaySchedule(1e-3, 0.0, 0, 10)
+        return model, schedule, optim.build_optimizer(model, schedule, parse_command_args(
             "finetune", ["rte", "--model", "m", "--output", "o", "--optimizer", optimizer_name]))
 
     ids = paddle.to_tensor(np.arange(2, 12).reshape(2, 5))
@@ -127,11 +135,11 @@ def test_learning_rate_multiplier_zero_leaves_parameters_bit_identical(base_mode
     """Distillation freezes layers by a multiplier of 0 (and changes multipliers per phase): the
     update and the decoupled weight decay (0.1 here) must both leave such a parameter exactly as
     it was, step after step, while every other parameter moves."""
-    from mobilebert_paddle.model import MobileBertForSequenceClassification
+    from mobilebert_paddle.model.network import MobileBertForSequenceClassification
 
     model = MobileBertForSequenceClassification.from_pretrained(base_model)
-    schedule = train.WarmupDecaySchedule(1e-2, 0.0, 0, 10)
-    optimizer = train.build_optimizer(model, schedule, parse_command_args(
+    schedule = optim.WarmupDecaySchedule(1e-2, 0.0, 0, 10)
+    optimizer = optim.build_optimizer(model, schedule, parse_command_args(
         "finetune", ["rte", "--model", "m", "--output", "o", "--optimizer", optimizer_name, "--weight-decay", "0.1"]))
     frozen = [path for path, _ in model.named_parameters() if ".layer.0." in path]
     start = {path: param.numpy().copy() for path, param in model.named_parameters()}
@@ -140,7 +148,7 @@ def test_learning_rate_multiplier_zero_leaves_parameters_bit_identical(base_mode
         multipliers = {path: 0.0 for path in frozen}
         if step >= 2:                     # the frozen layer's neighbour speeds up half-way (a phase change)
             multipliers["classifier.weight"] = 3.0
-        train.set_learning_rate_multipliers(model, multipliers)
+        optim.set_learning_rate_multipliers(model, multipliers)
         model(ids).sum().backward()
         optimizer.step()
         optimizer.clear_grad()
@@ -149,7 +157,7 @@ def test_learning_rate_multiplier_zero_leaves_parameters_bit_identical(base_mode
     assert frozen and all(np.array_equal(start[path], end[path]) for path in frozen)
     assert all(not np.array_equal(start[path], end[path]) for path in end if path not in frozen)
     with pytest.raises(ValueError, match="no parameter"):
-        train.set_learning_rate_multipliers(model, {"no.such.weight": 0.0})
+        optim.set_learning_rate_multipliers(model, {"no.such.weight": 0.0})
 
 
 def test_rng_states_round_trip_through_json():
@@ -220,7 +228,7 @@ def test_mnli_from_a_glue_data_dir_evaluates_matched_and_mismatched(base_model, 
 
 def test_training_passes_the_attention_mask(base_model, pair_data, tmp_path, capsys, monkeypatch):
     """The reproduction this project replaces trained without it: padding was attended to."""
-    from mobilebert_paddle.model import MobileBertForSequenceClassification
+    from mobilebert_paddle.model.network import MobileBertForSequenceClassification
 
     seen = []
     original = MobileBertForSequenceClassification.forward
@@ -320,7 +328,7 @@ KILL_IN_SECOND_CHECKPOINT = textwrap.dedent("""
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(resume_case):
-    from mobilebert_paddle.model import MobileBertForSequenceClassification
+    from mobilebert_paddle.model.network import MobileBertForSequenceClassification
 
     root, argv, reference = resume_case
     run = root / "killed-while-writing"
@@ -391,7 +399,7 @@ def test_skip_nonfinite_skips_that_update_only(base_model, pair_data, tmp_path, 
 
 
 def test_non_finite_weights_are_never_saved(base_model):
-    from mobilebert_paddle.model import MobileBertForQuestionAnswering
+    from mobilebert_paddle.model.network import MobileBertForQuestionAnswering
 
     model = MobileBertForQuestionAnswering.from_pretrained(base_model)
     train.check_finite_weights(model, step=1)
@@ -405,10 +413,11 @@ def test_non_finite_weights_are_never_saved(base_model):
 # --------------------------------------------------------------------------------------------
 
 def test_finetune_squad2_on_real_data_writes_every_output(shared_data, bert_vocab_file, tmp_path, capsys):
-    from mobilebert_paddle.config import MobileBertConfig
-    from mobilebert_paddle.model import MobileBertForQuestionAnswering, MobileBertModel
-    from mobilebert_paddle.tokenizer import MobileBertTokenizer
     from tiny_tasks import TINY_CONFIG
+
+    from mobilebert_paddle.model.config import MobileBertConfig
+    from mobilebert_paddle.model.network import MobileBertForQuestionAnswering, MobileBertModel
+    from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
 
     tokenizer = MobileBertTokenizer(bert_vocab_file)
     config = MobileBertConfig(vocab_size=tokenizer.vocab_size, **{**TINY_CONFIG, "max_position_embeddings": 128})
@@ -525,14 +534,14 @@ def test_reset_optimizer_state_equals_a_new_optimizer(optimizer):
                              adam_epsilon=1e-6)
     paddle.seed(0)
     used, fresh = paddle.nn.Linear(3, 2), paddle.nn.Linear(3, 2)
-    used_optimizer, inputs = train.build_optimizer(used, 1e-2, config), paddle.randn([4, 3])
+    used_optimizer, inputs = optim.build_optimizer(used, 1e-2, config), paddle.randn([4, 3])
     for _ in range(3):
         used(inputs).sum().backward()
         used_optimizer.step()
         used_optimizer.clear_grad()
     fresh.set_state_dict(used.state_dict())
-    fresh_optimizer = train.build_optimizer(fresh, 1e-2, config)
-    train.reset_optimizer_state(used_optimizer)
+    fresh_optimizer = optim.build_optimizer(fresh, 1e-2, config)
+    optim.reset_optimizer_state(used_optimizer)
     for _ in range(3):
         for model, model_optimizer in ((used, used_optimizer), (fresh, fresh_optimizer)):
             (model(inputs) ** 2).sum().backward()

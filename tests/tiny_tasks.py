@@ -37,7 +37,7 @@ TINY_CONFIG = dict(hidden_size=64, embedding_size=32, intra_bottleneck_size=32, 
 
 
 def make_tokenizer():
-    from mobilebert_paddle.tokenizer import MobileBertTokenizer
+    from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
 
     return MobileBertTokenizer({token: index for index, token in enumerate(VOCAB)})
 
@@ -46,8 +46,8 @@ def make_tiny_model_dir(directory: Path, seed: int = 0, **config_changes) -> Pat
     """A randomly initialised base MobileBERT (no head) with its tokenizer, as `convert` would write it."""
     import paddle
 
-    from mobilebert_paddle.config import MobileBertConfig
-    from mobilebert_paddle.model import MobileBertModel
+    from mobilebert_paddle.model.config import MobileBertConfig
+    from mobilebert_paddle.model.network import MobileBertModel
 
     paddle.seed(seed)
     config = MobileBertConfig(vocab_size=len(VOCAB), **{**TINY_CONFIG, **config_changes})

@@ -3,7 +3,7 @@ and the flags every training command (finetune, pretrain, distill) shares.
 
 A bad value is refused while the command line is parsed, before any file is read or written,
 as one line (`mobilebert finetune: error: argument --epochs: must be a finite number > 0, got nan`)
-and exit code 2 (cli.OneLineErrorParser). Use them as `type=` of `add_argument`:
+and exit code 2 (OneLineErrorParser). Use them as `type=` of `add_argument`:
 
     parser.add_argument("--epochs", type=number(above=0), default=6.0)
     parser.add_argument("--batch-size", type=integer(minimum=1), default=64)
@@ -17,6 +17,22 @@ import math
 from typing import Callable
 
 SEED_MAX = 2**32 - 1   # numpy's RandomState takes seeds in [0, 2**32 - 1]
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_flags(add_arguments: Callable[[argparse.ArgumentParser], None], argv: list[str],
+                prog: str) -> argparse.Namespace:
+    """`argv` parsed by the parser `add_arguments` declares, as the CLI parses a command's flags
+    (for code that runs one command from another, e.g. quickstart running finetune)."""
+    parser = OneLineErrorParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def _bounds_text(minimum, maximum, above, below) -> str:

@@ -41,8 +41,14 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .config import MobileBertConfig
-from .model import MobileBertEncoderOutput, MobileBertLayer, MobileBertModel, NoNorm, attention_bias_from_mask
+from ..model.config import MobileBertConfig
+from ..model.network import (
+    MobileBertEncoderOutput,
+    MobileBertLayer,
+    MobileBertModel,
+    NoNorm,
+    attention_bias_from_mask,
+)
 
 
 class Affine(NamedTuple):
@@ -470,7 +476,7 @@ def fuse_residual_gemms(model) -> int:
     graph = model.graph
     ranks, index = tensor_ranks(model), GraphIndex(graph)
     fused = 0
-    for position, node in enumerate(list(graph.node)):
+    for node in list(graph.node):
         weight = index.initializers.get(node.input[1]) if node.op_type == "MatMul" else None
         if weight is None or len(weight.dims) != 2 or ranks.get(node.input[0]) != 2:
             continue
@@ -569,7 +575,7 @@ def _match_attention(index: GraphIndex, softmax) -> Optional[dict]:
 
 
 def _constant_node(name: str, values: list):
-    from onnx import helper, TensorProto
+    from onnx import TensorProto, helper
 
     return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64,
                                                                              [len(values)], values))

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserInputError
-from .files import SMALL_FILE_BYTES, atomic_write_text, read_json
+from ..core.errors import UserInputError
+from ..core.files import SMALL_FILE_BYTES, atomic_write_text, read_json
 
 CONFIG_NAME = "config.json"
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "tanh", "silu", "swish")

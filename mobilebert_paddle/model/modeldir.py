@@ -12,12 +12,13 @@ or an allocation of terabytes): the config's types and ranges (config.py), every
 directory references stays inside it, weight files hold a dict of name -> tensor, and the
 config's sizes equal the weights' shapes (read from the tensors, layer by layer, against a
 one-layer model built without memory). Writes go to a staging directory renamed into place.
-Which weights are transposed between the HF and Paddle layouts is convert.py's business.
+It also holds the HF <-> Paddle layout conversion (which weights are transposed).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import pickle
@@ -28,10 +29,16 @@ from typing import Dict, Iterable, Tuple
 
 import numpy as np
 
+from ..core.errors import UserInputError
+from ..core.files import (
+    SMALL_FILE_BYTES,
+    atomic_directory,
+    atomic_write_safetensors,
+    check_separate_dirs,
+    ensure_writable_dir,
+    read_json,
+)
 from .config import CONFIG_NAME, MobileBertConfig
-from .errors import UserInputError
-from .files import (SMALL_FILE_BYTES, atomic_directory, atomic_write_safetensors, check_separate_dirs,
-                    ensure_writable_dir, read_json)
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +240,11 @@ def download_from_hub(repo_id: str) -> Path:
 
 def hub_error_message(repo_id: str, error: Exception) -> str:
     """One line saying why a hub download failed and what to do instead."""
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     manual = (f"download config.json, model.safetensors (or pytorch_model.bin) and vocab.txt from "
               f"https://huggingface.co/{repo_id} into a directory and pass that directory instead")
@@ -263,19 +274,30 @@ def read_config(directory: Path) -> MobileBertConfig:
     return MobileBertConfig.from_pretrained(directory)
 
 
-def load_pretrained(source: str | os.PathLike) -> Tuple[MobileBertConfig, StateDict]:
-    """(config, state dict in Paddle layout) from any supported source, checked: the config's
-    sizes equal the weights' shapes, so building the model it describes is safe."""
-    from .convert import hf_to_paddle
-
+def read_model_dir(source: str | os.PathLike) -> Tuple[Path, MobileBertConfig, StateDict, str]:
+    """(directory, config, weights as stored, their layout "paddle" or "hf") from any supported
+    source; the layer count is checked against the weights before anything else is read."""
     directory = resolve_source(source)
     config = read_config(directory)
     state, layout = read_weights(directory)
     check_layer_count(config, state, directory)
     if layout == "hf":
         check_decoder_tied(state, config, directory)
-        state = hf_to_paddle(state, config)
-    check_sizes(config, state, directory)
+    return directory, config, state, layout
+
+
+def load_weights_for(model_class, source: str | os.PathLike) -> Tuple[MobileBertConfig, StateDict]:
+    """(config, state dict in Paddle layout) for a `model_class` model, checked: the config's sizes
+    equal the weights' shapes, so building the model it describes is safe."""
+    return checked_paddle_state(model_class, *read_model_dir(source))
+
+
+def checked_paddle_state(model_class, directory: Path, config: MobileBertConfig, state: StateDict,
+                         layout: str) -> Tuple[MobileBertConfig, StateDict]:
+    """read_model_dir's weights in Paddle layout, their shapes checked against `model_class`'s."""
+    if layout == "hf":
+        state = hf_to_paddle(state, config, model_class)
+    check_sizes(config, state, model_class, directory)
     return config, state
 
 
@@ -304,25 +326,29 @@ def check_layer_count(config: MobileBertConfig, state: StateDict, source) -> Non
 
 
 @functools.lru_cache(maxsize=16)
-def _one_layer_shapes(config_json: str, architecture: str) -> dict:
-    """{name: shape} of the head's parameters for a one-layer copy of the config, built under
-    LazyGuard (names and shapes only: no memory however large the sizes)."""
-    import json
-
+def _one_layer_structure(config_json: str, model_class) -> tuple[dict, frozenset]:
+    """({name: shape} of the parameters, names of the nn.Linear weights) of a one-layer
+    `model_class` model for the config, built under LazyGuard (names and shapes only: no memory
+    however large the sizes, no initialisation)."""
     import paddle
-
-    from .model import HEADS
 
     config = MobileBertConfig.from_dict(json.loads(config_json))
     with paddle.LazyGuard():
-        return {key: tuple(value.shape) for key, value in HEADS[architecture](config).state_dict().items()}
+        model = model_class(config)
+        shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        linear = frozenset(f"{name}.weight" for name, layer in model.named_sublayers()
+                           if isinstance(layer, paddle.nn.Linear))
+    return shapes, linear
 
 
-def check_sizes(config: MobileBertConfig, state: StateDict, source) -> None:
+def one_layer_structure(config: MobileBertConfig, model_class) -> tuple[dict, frozenset]:
+    return _one_layer_structure(config.replace(num_hidden_layers=1).to_json_string(), model_class)
+
+
+def check_sizes(config: MobileBertConfig, state: StateDict, model_class, source) -> None:
     """Every stored weight whose name the config's model has must have the shape the config
     gives it (layer N read as layer 0): sizes are checked on shapes, before allocating."""
-    architecture = architecture_of(config, state)
-    shapes = _one_layer_shapes(config.replace(num_hidden_layers=1).to_json_string(), architecture)
+    shapes, _ = one_layer_structure(config, model_class)
     order = {key: position for position, key in enumerate(shapes)}   # the model's order: embeddings first
     mismatched = []
     for key, value in state.items():
@@ -422,21 +448,6 @@ def _first(items, count: int = 4) -> str:
     return shown + (f" (+{len(items) - count} more)" if len(items) > count else "")
 
 
-def architecture_of(config: MobileBertConfig, state: StateDict | None = None) -> str:
-    """The head named by config.architectures, else the one the weights have."""
-    from .model import HEADS
-
-    named = next((name for name in (config.architectures or []) if name in HEADS), None)
-    return named or infer_architecture(state or {})
-
-
-def build_model(config: MobileBertConfig, state: StateDict | None = None):
-    """The Paddle model named by config.architectures (inferred from the weights if absent)."""
-    from .model import HEADS
-
-    return HEADS[architecture_of(config, state)](config)
-
-
 def infer_architecture(state: StateDict) -> str:
     keys = set(state)
     has = lambda suffix: any(key.endswith(suffix) for key in keys)  # noqa: E731
@@ -528,3 +539,30 @@ def check_destination(destination: Path, source: Path | None = None) -> None:
     if not ancestor.is_dir():
         raise UserInputError(f"{destination}: cannot create it, {ancestor} is a file")
     ensure_writable_dir(ancestor)
+
+
+# ----------------------------------------------------------------------------------------
+# HF layout <-> Paddle layout: the weights of every nn.Linear are transposed (found from the
+# model's own sublayers, not from a list of names); tied or derived copies are dropped.
+# ----------------------------------------------------------------------------------------
+
+def is_linear_weight(key: str, config: MobileBertConfig, model_class) -> bool:
+    _, names = one_layer_structure(config, model_class)
+    key = LAYER_KEY.sub(r"\g<1>0.", key)
+    return key in names or f"mobilebert.{key}" in names
+
+
+def hf_to_paddle(hf_state: StateDict, config: MobileBertConfig, model_class) -> StateDict:
+    """HF layout -> Paddle layout: drop tied/derived copies, transpose Linear weights."""
+    state = {}
+    for key, value in hf_state.items():
+        if key.endswith(TIED_OR_DERIVED_KEYS):
+            continue
+        state[key] = np.ascontiguousarray(value.T) if is_linear_weight(key, config, model_class) else value
+    return state
+
+
+def paddle_to_hf(state: StateDict, config: MobileBertConfig, model_class) -> StateDict:
+    """Paddle layout -> HF layout (the exact inverse of hf_to_paddle on what it keeps)."""
+    return {key: np.ascontiguousarray(value.T) if is_linear_weight(key, config, model_class) else value
+            for key, value in state.items()}

@@ -32,6 +32,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .config import MobileBertConfig
+from .modeldir import load_weights_for, match_state_dict, save_paddle_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -418,15 +419,13 @@ class MobileBertPreTrainedModel(nn.Layer):
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, config: Optional[MobileBertConfig] = None,
                         **config_changes):
-        """Load from a Paddle model dir, a HuggingFace dir or a hub id (see modeldir.load_pretrained).
+        """Load from a Paddle model dir, a HuggingFace dir or a hub id (see modeldir.load_weights_for).
 
         Head weights missing from the checkpoint (e.g. a QA head on the base model) are
         initialised and listed in a warning, as HF does; `config_changes` (e.g. id2label)
         update the stored config first.
         """
-        from .modeldir import load_pretrained  # modeldir.py imports this module (lazily)
-
-        stored_config, state_dict = load_pretrained(source)
+        stored_config, state_dict = load_weights_for(cls, source)
         config = (config or stored_config).replace(**config_changes) if config_changes else (config or stored_config)
         config.architectures = [cls.architecture]
         model = cls(config)
@@ -434,8 +433,6 @@ class MobileBertPreTrainedModel(nn.Layer):
         return model
 
     def load_converted_state_dict(self, state_dict: dict, source: str = "checkpoint") -> None:
-        from .modeldir import match_state_dict
-
         matched, newly_initialised = match_state_dict(self, state_dict, source)
         with warnings.catch_warnings():  # Paddle warns per key it skips; they are reported below, once
             warnings.simplefilter("ignore", UserWarning)
@@ -445,8 +442,6 @@ class MobileBertPreTrainedModel(nn.Layer):
                            source, len(newly_initialised), ", ".join(sorted(newly_initialised)))
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
-        from .modeldir import save_paddle_model_dir
-
         save_paddle_model_dir(self, directory, tokenizer=tokenizer)
 
     @staticmethod

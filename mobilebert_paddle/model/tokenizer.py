@@ -23,11 +23,25 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
-from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    AddedToken,
+    Encoding,
+    Tokenizer,
+    decoders,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from tokenizers.models import WordPiece
 
-from .errors import UserInputError
-from .files import SMALL_FILE_BYTES, atomic_write_json, atomic_write_text, read_bounded_text, read_json
+from ..core.errors import UserInputError
+from ..core.files import (
+    SMALL_FILE_BYTES,
+    atomic_write_json,
+    atomic_write_text,
+    read_bounded_text,
+    read_json,
+)
 
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_JSON_NAME = "tokenizer.json"

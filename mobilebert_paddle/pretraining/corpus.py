@@ -45,6 +45,7 @@ tokenizer.json, tokenizer_config.json), so DATA_DIR alone says which vocabulary 
 The same seed and input give the same bytes.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -63,18 +64,14 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import flags
-from .errors import UserInputError
-from .files import atomic_directory, atomic_write_json, check_creatable_dir, read_json
-from .progress import progress_bar
-from .tokenizer import VOCAB_NAME, MobileBertTokenizer
+from ..core import flags
+from ..core.errors import UserInputError
+from ..core.files import atomic_directory, atomic_write_json, check_creatable_dir
+from ..core.progress import progress_bar
+from ..model.tokenizer import MobileBertTokenizer
+from .shards import FORMAT_NAME, FORMAT_VERSION, META_NAME
 
 logger = logging.getLogger(__name__)
-
-FORMAT_NAME = "mobilebert-pretraining-data"
-FORMAT_VERSION = 1
-META_NAME = "meta.json"
-SHARD_ARRAYS = ("input_ids", "lengths", "segment_a_lengths", "next_sentence_labels")
 MIN_SEQ_LENGTH = 8                # [CLS] A [SEP] B [SEP] with room for a few tokens each
 MAX_SEQ_LENGTH = 65535            # lengths are stored as uint16
 POOL_DOCUMENTS = 1000             # documents B may come from: 500 before the current one, 500 after
@@ -553,226 +550,3 @@ def run(args: argparse.Namespace) -> dict:
             "documents": meta["num_documents"], "shards": len(meta["shards"]), "seconds": round(seconds, 2),
             "corpus_tokens": meta["corpus_tokens"],
             "corpus_tokens_per_second": round(meta["corpus_tokens"] * args.dupe_factor / max(seconds, 1e-9))}
-
-
-# --------------------------------------------------------------------------------------------
-# Reading DATA_DIR
-# --------------------------------------------------------------------------------------------
-
-class PretrainingData:
-    """A pretrain-data directory, read memory-mapped: `rows(indices)` touches only those rows.
-
-    Rows are in corpus order (consecutive rows come from the same document): draw indices at
-    random. Attributes: num_rows, max_seq_length, vocab_size, special ids (pad_token_id, ...,
-    special_ids: every special id, none of which masking may pick), tokenizer_dir (DATA_DIR
-    itself), continuation ((vocab_size,) bool: the token is a "##" piece), meta (meta.json).
-    """
-
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        self.meta = read_meta(self.directory)
-        self.num_rows = int(self.meta["num_rows"])
-        self.max_seq_length = int(self.meta["max_seq_length"])
-        self.vocab_size = int(self.meta["vocab_size"])
-        special = self.meta["special_ids"]
-        self.pad_token_id, self.unk_token_id = special["pad"], special["unk"]
-        self.cls_token_id, self.sep_token_id, self.mask_token_id = special["cls"], special["sep"], special["mask"]
-        self.special_ids = np.array(sorted(set(special.values())), dtype=np.int64)
-        self.tokenizer_dir = self.directory
-        self.continuation = read_continuation(self.directory / VOCAB_NAME, self.vocab_size)
-        self.shards = [open_shard(self.directory, shard, self.max_seq_length) for shard in self.meta["shards"]]
-        self.shard_starts = np.cumsum([0] + [shard["rows"] for shard in self.meta["shards"]])   # (shards + 1,)
-
-    def __len__(self) -> int:
-        return self.num_rows
-
-    def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows `indices` (b,), in that order: input_ids (b, T) int32, token_type_ids and
-        attention_mask (b, T) int8, next_sentence_label (b,) int64. Ids are not masked."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if indices.size and (indices.min() < 0 or indices.max() >= self.num_rows):
-            raise IndexError(f"row indices must be in [0, {self.num_rows}), got {indices.min()}..{indices.max()}")
-        input_ids = np.empty((len(indices), self.max_seq_length), dtype=np.int32)
-        lengths = np.empty(len(indices), dtype=np.int64)
-        a_lengths = np.empty(len(indices), dtype=np.int64)
-        labels = np.empty(len(indices), dtype=np.int64)
-        shard_of_row = np.searchsorted(self.shard_starts, indices, side="right") - 1
-        for shard_index in np.unique(shard_of_row):
-            where = np.flatnonzero(shard_of_row == shard_index)
-            local = indices[where] - self.shard_starts[shard_index]
-            shard = self.shards[shard_index]
-            input_ids[where] = shard["input_ids"][local]
-            lengths[where], a_lengths[where] = shard["lengths"][local], shard["segment_a_lengths"][local]
-            labels[where] = shard["next_sentence_labels"][local]
-        positions = np.arange(self.max_seq_length)
-        attention_mask = positions < lengths[:, None]                            # (b, T)
-        token_type_ids = attention_mask & (positions >= a_lengths[:, None])     # B [SEP] are type 1
-        return {"input_ids": input_ids, "token_type_ids": token_type_ids.astype(np.int8),
-                "attention_mask": attention_mask.astype(np.int8), "next_sentence_label": labels}
-
-    def masked_rows(self, indices: np.ndarray, seed: int, step: int, *, max_predictions: int | None = None,
-                    masked_lm_prob: float = 0.15, whole_word: bool = False) -> dict[str, np.ndarray]:
-        """rows(indices) with input_ids masked by mask_tokens (row ids = indices), plus
-        masked_positions, masked_labels, masked_weights."""
-        batch = self.rows(indices)
-        masked = mask_tokens(batch["input_ids"], batch["attention_mask"], np.asarray(indices), seed, step,
-                             vocab_size=self.vocab_size, mask_token_id=self.mask_token_id,
-                             special_ids=self.special_ids,
-                             max_predictions=max_predictions or default_max_predictions(self.max_seq_length, masked_lm_prob),
-                             masked_lm_prob=masked_lm_prob, whole_word=whole_word, continuation=self.continuation)
-        return {**batch, **masked}
-
-
-def read_meta(directory: Path) -> dict:
-    if not directory.is_dir():
-        raise UserInputError(f"{directory}: no such pretraining data directory")
-    if not (directory / META_NAME).is_file():
-        raise UserInputError(f"{directory}: not a pretraining data directory (no {META_NAME}; "
-                             "make one with `mobilebert pretrain-data`)")
-    meta = read_json(directory / META_NAME, "pretraining data meta.json")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise UserInputError(f"{directory / META_NAME}: not a pretraining data meta.json (format is not {FORMAT_NAME!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserInputError(f"{directory / META_NAME}: format_version {meta.get('format_version')!r} "
-                             f"is not supported (this version reads {FORMAT_VERSION})")
-    missing = [key for key in ("num_rows", "max_seq_length", "vocab_size", "special_ids", "shards") if key not in meta]
-    if missing:
-        raise UserInputError(f"{directory / META_NAME}: missing {', '.join(missing)}")
-    return meta
-
-
-def open_shard(directory: Path, shard: dict, max_seq_length: int) -> dict[str, np.ndarray]:
-    """One shard's arrays as read-only memory maps, shapes checked against meta.json."""
-    arrays = {}
-    for array_name in SHARD_ARRAYS:
-        path = directory / f"{shard['name']}.{array_name}.npy"
-        try:
-            arrays[array_name] = np.load(path, mmap_mode="r")
-        except FileNotFoundError:
-            raise UserInputError(f"{path}: shard file missing") from None
-        except (OSError, ValueError) as error:
-            raise UserInputError(f"{path}: unreadable shard file ({error})") from None
-        expected = (shard["rows"], max_seq_length) if array_name == "input_ids" else (shard["rows"],)
-        if arrays[array_name].shape != expected:
-            raise UserInputError(f"{path}: shape {arrays[array_name].shape}, meta.json says {expected}")
-    return arrays
-
-
-def read_continuation(vocab_path: Path, vocab_size: int) -> np.ndarray:
-    """(vocab_size,) bool: True for "##" word pieces (they continue the word before them)."""
-    if not vocab_path.is_file():
-        raise UserInputError(f"{vocab_path}: missing (pretraining data keeps its tokenizer's vocabulary)")
-    tokens = vocab_path.read_text(encoding="utf-8").split("\n")[:vocab_size]
-    continuation = np.zeros(vocab_size, dtype=bool)
-    continuation[:len(tokens)] = [token.startswith("##") for token in tokens]
-    return continuation
-
-
-# --------------------------------------------------------------------------------------------
-# Masking, drawn per batch from (seed, step, row): BERT's create_masked_lm_predictions, vectorised
-# --------------------------------------------------------------------------------------------
-
-def default_max_predictions(max_seq_length: int, masked_lm_prob: float = 0.15) -> int:
-    """The most positions BERT's count rule can ask for in a full row (19 for 128 tokens; BERT used 20)."""
-    return max(1, int(np.rint(max_seq_length * masked_lm_prob)))
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(values: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser (a bijection of uint64 with full avalanche), after a Weyl step."""
-    z = values + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def position_random(seed: int, step: int, row_ids: np.ndarray, positions: np.ndarray, stream: int) -> np.ndarray:
-    """uint64 random bits for each (row id, position) pair (broadcast together) that depend only on
-    (seed, step, row id, position, stream): a counter-based generator, so a row's mask is the same
-    whatever batch or process holds it."""
-    with np.errstate(over="ignore"):
-        key = _mix(np.array([seed], dtype=np.uint64))
-        key = _mix(key ^ np.uint64(step))
-        key = _mix(key ^ np.asarray(row_ids, dtype=np.int64).astype(np.uint64))
-        return _mix(key ^ (np.asarray(positions, dtype=np.uint64) * np.uint64(4) + np.uint64(stream)))
-
-
-def _uniform(bits: np.ndarray) -> np.ndarray:
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53       # [0, 1), 53 random bits
-
-
-def mask_tokens(input_ids: np.ndarray, attention_mask: np.ndarray, row_ids: np.ndarray, seed: int, step: int, *,
-                vocab_size: int, mask_token_id: int, special_ids: Sequence[int], max_predictions: int,
-                masked_lm_prob: float = 0.15, whole_word: bool = False,
-                continuation: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Masked-LM inputs and targets for a batch, as BERT's create_masked_lm_predictions makes them.
-
-    Per row: n = min(max_predictions, max(1, round(length * masked_lm_prob))) positions (length
-    counts [CLS] and [SEP]s, as BERT) among real non-special tokens, in a random order of words
-    (a word is a token and its "##" pieces with whole_word, else each token; a word that would
-    pass n is skipped, as BERT); each chosen token becomes [MASK] 80%, a random id of the
-    vocabulary 10%, itself 10%. Returns input_ids (b, T) int32 masked; masked_positions,
-    masked_labels (b, P) int64 and masked_weights (b, P) float32, P = max_predictions, sorted
-    by position, padded with position 0, label 0, weight 0 (Google's gather format).
-    """
-    input_ids = np.asarray(input_ids)
-    batch, length = input_ids.shape
-    candidate = (np.asarray(attention_mask) > 0) & ~np.isin(input_ids, np.asarray(special_ids))      # (b, T)
-    counts = np.minimum(max_predictions, np.maximum(1, np.rint((np.asarray(attention_mask) > 0).sum(1)
-                                                               * masked_lm_prob).astype(np.int64)))  # (b,)
-    word_start = candidate.copy()
-    if whole_word:
-        if continuation is None:
-            raise ValueError("whole_word masking needs the vocabulary's continuation array")
-        follows_candidate = np.zeros_like(candidate)
-        follows_candidate[:, 1:] = candidate[:, :-1]
-        word_start &= ~(np.asarray(continuation)[input_ids] & follows_candidate)
-    keys = _uniform(position_random(seed, step, np.asarray(row_ids)[:, None], np.arange(length)[None, :], 0))  # (b, T)
-    chosen = choose_words(candidate, word_start, counts, keys)
-    return apply_masks(input_ids, chosen, seed, step, row_ids, vocab_size, mask_token_id, max_predictions)
-
-
-def choose_words(candidate: np.ndarray, word_start: np.ndarray, counts: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """(b, T) bool: the tokens of words taken in the order of their start's key, skipping a word
-    that would bring the row past its count (BERT's rule)."""
-    batch, length = candidate.shape
-    positions = np.arange(length)
-    # Each candidate token's word start: the last start at or before it.
-    start_of = np.maximum.accumulate(np.where(word_start, positions, 0), axis=1)                 # (b, T)
-    flat_start = (np.arange(batch)[:, None] * length + start_of)[candidate]
-    word_length = np.bincount(flat_start, minlength=batch * length).reshape(batch, length)        # at starts
-    order = np.argsort(np.where(word_start, keys, np.inf), axis=1, kind="stable")               # (b, T)
-    sorted_length = np.take_along_axis(np.where(word_start, word_length, 0), order, axis=1)
-    if sorted_length.max(initial=0) <= 1:       # single tokens: the first `count` in key order
-        taken = (np.cumsum(sorted_length, axis=1) <= counts[:, None]) & (sorted_length > 0)
-    else:
-        taken = np.zeros_like(sorted_length, dtype=bool)
-        total = np.zeros(batch, dtype=np.int64)
-        for slot in range(int(word_start.sum(1).max(initial=0))):
-            fits = (sorted_length[:, slot] > 0) & (total + sorted_length[:, slot] <= counts)
-            taken[:, slot], total = fits, total + np.where(fits, sorted_length[:, slot], 0)
-    chosen_start = np.zeros((batch, length), dtype=bool)
-    np.put_along_axis(chosen_start, order, taken, axis=1)
-    return candidate & np.take_along_axis(chosen_start, start_of, axis=1)
-
-
-def apply_masks(input_ids: np.ndarray, chosen: np.ndarray, seed: int, step: int, row_ids: np.ndarray,
-                vocab_size: int, mask_token_id: int, max_predictions: int) -> dict[str, np.ndarray]:
-    """80% [MASK] / 10% random id / 10% unchanged at the chosen tokens, and the gather format."""
-    batch = len(input_ids)
-    rows, columns = np.nonzero(chosen)                    # row-major: increasing position within a row
-    row_ids = np.asarray(row_ids)[rows]
-    decision = _uniform(position_random(seed, step, row_ids, columns, 1))
-    random_ids = (position_random(seed, step, row_ids, columns, 2) % np.uint64(vocab_size)).astype(np.int64)
-    original = input_ids[rows, columns]
-    masked = input_ids.astype(np.int32, copy=True)
-    masked[rows, columns] = np.where(decision < 0.8, mask_token_id, np.where(decision < 0.9, original, random_ids))
-    # Gather format: a row's k-th chosen position goes to slot k.
-    slots = np.cumsum(chosen, axis=1)[rows, columns] - 1
-    positions = np.zeros((batch, max_predictions), dtype=np.int64)                              # (b, P)
-    labels = np.zeros((batch, max_predictions), dtype=np.int64)
-    weights = np.zeros((batch, max_predictions), dtype=np.float32)
-    positions[rows, slots], labels[rows, slots], weights[rows, slots] = columns, original, 1.0
-    return {"input_ids": masked, "masked_positions": positions, "masked_labels": labels, "masked_weights": weights}

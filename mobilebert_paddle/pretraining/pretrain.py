@@ -21,183 +21,33 @@ pretrained on BERT's two objectives with the ForPreTraining head. Here:
 evaluation.py's code path with the masking settings stored in its config.json by training.
 """
 
+
 from __future__ import annotations
 
 import argparse
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
-from . import flags
-from .errors import UserInputError
-from .tasks import EvalResult, EvalSet, Recipe, Task
+from ..core import flags
+from ..core.errors import UserInputError
+from ..model.config import MobileBertConfig, load_config
+from .task import (
+    PRETRAINING_HEAD,
+    MaskingSettings,
+    PretrainingTask,
+    open_data,
+)
 
 logger = logging.getLogger(__name__)
-
-PRETRAINING_HEAD = "MobileBertForPreTraining"
-SETTINGS_KEY = "pretraining_settings"     # config.json key holding the masking a model was trained with
 # Config keys that fix parameter shapes: --config and --init-from must agree on them.
 SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
               "max_position_embeddings", "type_vocab_size", "embedding_size", "trigram_input", "use_bottleneck",
               "intra_bottleneck_size", "use_bottleneck_attention", "key_query_shared_bottleneck",
               "num_feedforward_networks", "normalization_type", "classifier_activation")
-DEV_MASK_STEP = 0
-EVAL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_labels",
-               "masked_weights", "next_sentence_label")
-
-
-@dataclass
-class MaskingSettings:
-    """How rows are masked (flags of pretrain; stored in the model's config.json for evaluate)."""
-
-    masked_lm_prob: float = 0.15
-    max_predictions_per_seq: int = 20
-    whole_word_masking: bool = False
-    seed: int = 42
-
-    @classmethod
-    def from_args(cls, args: Any, model_config: Any = None) -> "MaskingSettings":
-        """Flags when given, else the model's training values, else the defaults."""
-        stored = (getattr(model_config, "extra", None) or {}).get(SETTINGS_KEY) or {}
-        values = {}
-        for item in fields(cls):
-            given = getattr(args, item.name, None)
-            values[item.name] = given if given is not None else stored.get(item.name, item.default)
-        return cls(**values)
-
-
-# --------------------------------------------------------------------------------------------
-# The task
-# --------------------------------------------------------------------------------------------
-
-class PretrainingTask(Task):
-    """MLM + NSP over a corpus.PretrainingData. Built per run with that run's masking (the
-    registry's instance, with the defaults, serves `evaluate pretraining`)."""
-
-    name = "pretraining"
-    head = PRETRAINING_HEAD
-    main_metric = "masked_lm_accuracy"
-    recipe = Recipe(max_seq_length=128, min_lr=0.0, decay_ratio=1.0, eval_steps=1000)
-    label_names = ("masked_labels", "masked_weights", "next_sentence_label")
-    eager_only = True
-
-    def __init__(self, masking: MaskingSettings | None = None):
-        self.masking = masking or MaskingSettings()
-
-    # ----- training hooks ----------------------------------------------------------------------
-
-    def num_rows(self, data) -> int:
-        return data.num_rows
-
-    def make_batch(self, data, row_indices: np.ndarray, step: int) -> tuple[dict, dict]:
-        import paddle
-
-        arrays = masked_rows(data, np.asarray(row_indices, dtype=np.int64), self.masking, step)
-        inputs = {name: paddle.to_tensor(arrays[name].astype(np.int64))
-                  for name in ("input_ids", "token_type_ids", "attention_mask", "masked_positions")}
-        labels = {name: paddle.to_tensor(arrays[name]) for name in self.label_names}
-        return inputs, labels
-
-    def compute_loss(self, model, inputs: dict, labels: dict, step: int) -> tuple[Any, dict]:
-        parts = self.loss_parts(model(**inputs), labels)
-        return parts["masked_lm_loss"] + parts["next_sentence_loss"], parts
-
-    def per_example_loss(self, outputs, labels: dict):
-        parts = self.loss_parts(outputs, labels)
-        return parts["masked_lm_loss"] + parts["next_sentence_loss"]
-
-    @staticmethod
-    def loss_parts(outputs, labels: dict) -> dict:
-        """Per-row losses (B,): MLM = masked tokens' mean cross entropy (weights 0 for padding
-        slots), NSP = cross entropy of the pair label."""
-        import paddle
-        import paddle.nn.functional as F
-
-        prediction_logits, seq_relationship_logits = outputs[0], outputs[1]      # (B, P, V), (B, 2)
-        batch, predictions, vocab = prediction_logits.shape
-        token_loss = F.cross_entropy(prediction_logits.astype("float32").reshape([-1, vocab]),
-                                     labels["masked_labels"].reshape([-1]), reduction="none").reshape([batch, predictions])
-        weights = labels["masked_weights"].astype("float32")                      # (B, P)
-        masked_lm = (token_loss * weights).sum(axis=1) / paddle.clip(weights.sum(axis=1), min=1.0)
-        next_sentence = F.cross_entropy(seq_relationship_logits.astype("float32"), labels["next_sentence_label"],
-                                        reduction="none").reshape([-1])
-        return {"masked_lm_loss": masked_lm, "next_sentence_loss": next_sentence}
-
-    def settings_from_args(self, args: Any, model_config: Any = None) -> MaskingSettings:
-        return MaskingSettings.from_args(args, model_config)
-
-    def remember_settings(self, model, settings: MaskingSettings) -> None:
-        model.config.extra[SETTINGS_KEY] = asdict(settings)
-
-    # ----- data and scoring --------------------------------------------------------------------
-
-    def config_changes(self) -> dict[str, Any]:
-        return {}
-
-    def default_files(self, data_dir: Path):
-        return None, []
-
-    def read(self, path: Path, training: bool):
-        return open_data(path)
-
-    def hub_examples(self, split: str):
-        raise UserInputError("pretraining reads a DATA_DIR written by `mobilebert pretrain-data`, not a hub dataset")
-
-    def eval_set(self, name: str, source: str, examples, tokenizer, settings: MaskingSettings) -> EvalSet:
-        """All rows of a dev DATA_DIR with the masks of step 0 (the same tokens at every evaluation)."""
-        data = examples
-        rows = masked_rows(data, np.arange(data.num_rows, dtype=np.int64), settings, DEV_MASK_STEP)
-        return EvalSet(name, source, range(data.num_rows), rows, input_names=EVAL_INPUTS)
-
-    def batch_outputs(self, batch: dict[str, np.ndarray], outputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        """(B, P, V) logits -> per masked slot the predicted id and the label's cross entropy."""
-        prediction_logits, seq_relationship_logits = outputs[0], outputs[1]
-        logits = prediction_logits.astype(np.float64)
-        log_partition = np.log(np.exp(logits - logits.max(axis=-1, keepdims=True)).sum(axis=-1)) + logits.max(axis=-1)
-        label_logits = np.take_along_axis(logits, batch["masked_labels"][..., None], axis=-1)[..., 0]
-        return logits.argmax(axis=-1), (log_partition - label_logits), seq_relationship_logits
-
-    def score(self, eval_sets: Sequence[EvalSet], outputs, settings) -> EvalResult:
-        metrics: dict[str, float] = {}
-        prefix = self.metric_prefix(eval_sets)
-        for eval_set, (predicted, token_loss, seq_relationship_logits) in zip(eval_sets, outputs):
-            scores = pretraining_metrics(eval_set.rows, predicted, token_loss, seq_relationship_logits)
-            metrics.update({(f"{eval_set.name}_{key}" if prefix else key): value for key, value in scores.items()})
-        main = f"{eval_sets[0].name}_{self.main_metric}" if prefix else self.main_metric
-        return EvalResult(metrics, main, {})
-
-    def write_predictions(self, result: EvalResult, directory: Path) -> list[Path]:
-        return []
-
-
-def pretraining_metrics(rows: dict, predicted: np.ndarray, token_loss: np.ndarray,
-                        seq_relationship_logits: np.ndarray) -> dict[str, float]:
-    """Token means over the masked slots (weights 1) and the NSP accuracy over rows."""
-    weights = rows["masked_weights"].astype(np.float64)                           # (N, P)
-    correct = (predicted == rows["masked_labels"]) * weights
-    return {"masked_lm_accuracy": float(correct.sum() / weights.sum()),
-            "masked_lm_loss": float((token_loss * weights).sum() / weights.sum()),
-            "next_sentence_accuracy": float((seq_relationship_logits.argmax(axis=-1)
-                                             == rows["next_sentence_label"]).mean()),
-            "masked_tokens": int(weights.sum()), "rows": int(len(weights))}
-
-
-def masked_rows(data, row_indices: np.ndarray, masking: MaskingSettings, step: int) -> dict[str, np.ndarray]:
-    """Rows of a corpus.PretrainingData with their MLM masks drawn from (seed, step, row id)."""
-    return data.masked_rows(row_indices, masking.seed, step, max_predictions=masking.max_predictions_per_seq,
-                            masked_lm_prob=masking.masked_lm_prob, whole_word=masking.whole_word_masking)
-
-
-def open_data(path: str | Path):
-    """A DATA_DIR written by `mobilebert pretrain-data` (a bad one is a one-line UserInputError)."""
-    from .corpus import PretrainingData
-
-    return PretrainingData(Path(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +93,7 @@ def add_training_arguments(parser: argparse.ArgumentParser,
 
 def resolve_run_config(args: argparse.Namespace) -> argparse.Namespace:
     """The flags plus the trainer's fixed values for pretraining (checked before any work)."""
-    from .train import FP16_REFUSAL
+    from ..training.rundir import FP16_REFUSAL
 
     if args.config is None and args.init_from is None:
         raise UserInputError("give --config PRESET|CONFIG.json (a new model) or --init-from DIR (or both)")
@@ -262,7 +112,6 @@ def resolve_run_config(args: argparse.Namespace) -> argparse.Namespace:
 def start_config(args, data):
     """The config of the model to pretrain, checked: --config and --init-from agree on shapes,
     the vocabulary covers the data's, the rows fit the position table."""
-    from .config import MobileBertConfig, load_config
 
     config = load_config(args.config) if args.config else None
     if args.init_from:
@@ -298,7 +147,7 @@ def check_same_shapes(config, initial, config_source: str, init_from: str) -> No
 
 def check_same_vocabulary(model_dir: Path, data) -> None:
     """Token ids mean what the data's tokenizer says; a model with another vocabulary would learn nonsense."""
-    from .tokenizer import VOCAB_NAME
+    from ..model.tokenizer import VOCAB_NAME
 
     ours, theirs = model_dir / VOCAB_NAME, Path(data.tokenizer_dir) / VOCAB_NAME
     if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
@@ -309,7 +158,7 @@ def check_same_vocabulary(model_dir: Path, data) -> None:
 def build_model(config, init_from: str | None, resume_dir: Path | None):
     """MobileBertForPreTraining: from last/ when resuming, else --init-from's weights (heads it lacks
     newly initialised), else fresh from the config."""
-    from .model import MobileBertForPreTraining
+    from ..model.network import MobileBertForPreTraining
 
     source = resume_dir or (Path(init_from) if init_from else None)
     if source is None:
@@ -326,8 +175,10 @@ def run_pretrain(args: argparse.Namespace) -> dict | None:
     import paddle
     import paddle.distributed as dist
 
-    from .tokenizer import MobileBertTokenizer
-    from .train import CHECKPOINT_STATE, GlobalBatchSampler, Trainer, begin_run, start_output
+    from ..model.tokenizer import MobileBertTokenizer
+    from ..training.checkpoint import CHECKPOINT_STATE
+    from ..training.rundir import begin_run, start_output
+    from ..training.trainer import GlobalBatchSampler, Trainer
 
     config = resolve_run_config(args)
     output, is_main = begin_run(config)

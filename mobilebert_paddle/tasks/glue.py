@@ -29,8 +29,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import UserInputError
-from .files import bounded_lines
+from ..core.errors import UserInputError
+from ..core.files import bounded_lines
 
 
 class GlueExample(NamedTuple):

@@ -40,9 +40,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import flags
-from .errors import UserInputError
-from .files import atomic_write_text, check_creatable_dir, read_json
+from ..core import flags
+from ..core.errors import UserInputError
+from ..core.files import atomic_write_text, check_creatable_dir, read_json
+from .glue import get_glue_task
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +385,6 @@ def glue_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float]:
 
     predictions / labels: label ids for classification tasks, scores for stsb.
     """
-    from .glue import get_glue_task  # glue.py holds the task table; it does not import this module
 
     results: dict[str, float] = {}
     for name in get_glue_task(task).metrics:

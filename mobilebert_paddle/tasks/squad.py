@@ -30,9 +30,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import UserInputError
-from .files import atomic_write_json, ensure_writable_dir, read_json
-from .tokenizer import MobileBertTokenizer
+from ..core.errors import UserInputError
+from ..core.files import atomic_write_json, ensure_writable_dir, read_json
+from ..model.tokenizer import MobileBertTokenizer
 
 logger = logging.getLogger(__name__)
 

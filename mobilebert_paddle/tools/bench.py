@@ -35,10 +35,34 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from . import flags
-from .config import MobileBertConfig
-from .errors import UserInputError
-from .files import atomic_write_bytes, atomic_write_json, check_creatable_dir, ensure_writable_dir
+from ..core import flags
+from ..core.errors import UserInputError
+from ..core.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_creatable_dir,
+    ensure_writable_dir,
+)
+from ..core.logs import inputs_accepted
+from ..core.numerics import relative_error
+from ..inference.export import write_export
+from ..inference.predictors import (
+    PADDLE_PREFIX,
+    EagerPredictor,
+    OnnxPredictor,
+    OpenVinoPredictor,
+    PaddleInferencePredictor,
+    bench_inputs,
+    default_threads,
+    load_eager_model,
+    openvino_core,
+    openvino_cpu,
+)
+from ..inference.quantize import calibration_windows, import_nncf
+from ..model.config import MobileBertConfig
+from ..model.modeldir import model_state_numpy, paddle_to_hf
+from . import peers
+from .peers import PEERS
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +111,7 @@ def precision_kind(name: str) -> str:
 def model_flops(config: MobileBertConfig, batch: int, length: int, architecture: str) -> float:
     """Floating-point operations of one forward pass: 2 per multiply-add of every Linear
     (per token) and of the two attention matmuls (QK^T and PV); element-wise work is left out."""
-    from .model import attention_input_widths
+    from ..model.network import attention_input_widths
 
     hidden, inner, embedding = config.hidden_size, config.true_hidden_size, config.embedding_size
     per_token = 0
@@ -163,14 +187,12 @@ def hf_twin(model, config: MobileBertConfig, threads: int):
     except ImportError as error:
         raise UserInputError(f"bench compares against PyTorch: {error}; "
                              "pip install 'mobilebert-paddle[torch]'") from None
-    from .convert import paddle_to_hf
-    from .modeldir import model_state_numpy
 
     torch.set_num_threads(threads)
     architecture = config.architectures[0]
     values = {key: value for key, value in config.to_dict().items() if key != "trigram_ignores_padding"}
     hf_model = getattr(transformers, architecture)(transformers.MobileBertConfig(**values)).eval()
-    state = {key: torch.from_numpy(value) for key, value in paddle_to_hf(model_state_numpy(model), config).items()}
+    state = {key: torch.from_numpy(value) for key, value in paddle_to_hf(model_state_numpy(model), config, type(model)).items()}
     result = hf_model.load_state_dict(state, strict=False)
     tied_or_buffers = ("position_ids", "decoder.weight", "decoder.bias")
     missing = [key for key in result.missing_keys if not key.endswith(tied_or_buffers)]
@@ -195,7 +217,6 @@ def build_backends(names: list, model, config: MobileBertConfig, model_dir: Path
                    threads: int, calibration: Optional[dict] = None) -> dict:
     """{name: callable(input_ids, token_type_ids, attention_mask) -> tuple of arrays}, plus
     the RSS each one added when built. `calibration`: model inputs for the static int8 paths."""
-    from . import peers
 
     backends, memory = {}, {}
     hf_model = None
@@ -217,8 +238,6 @@ def build_backends(names: list, model, config: MobileBertConfig, model_dir: Path
 
 def build_ours(name: str, model, config: MobileBertConfig, model_dir: Path, staging: Path, threads: int,
                calibration: Optional[dict]):
-    from .export import (EagerPredictor, OnnxPredictor, OpenVinoPredictor, PaddleInferencePredictor, PADDLE_PREFIX,
-                         write_export)
 
     spec = BACKENDS[name]
     if spec is None:
@@ -278,14 +297,6 @@ class PeakMemory:
         return (self.peak - self.start) / 2 ** 20
 
 
-def bench_inputs(config: MobileBertConfig, batch: int, length: int, seed: int = 0) -> tuple:
-    """Random ids of full length (no padding: every token counts), two segments."""
-    rng = np.random.default_rng(seed)
-    input_ids = rng.integers(5, config.vocab_size, size=(batch, length)).astype(np.int64)
-    input_ids[:, 0] = 2
-    token_type_ids = np.zeros_like(input_ids)
-    token_type_ids[:, length // 2:] = 1
-    return input_ids, token_type_ids, np.ones_like(input_ids)
 
 
 def time_shape(backends: dict, inputs: tuple, runs: int, warmup: int, pause: float) -> dict:
@@ -308,13 +319,12 @@ def time_shape(backends: dict, inputs: tuple, runs: int, warmup: int, pause: flo
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             time.sleep(pause)
-            times[name].append(_seconds(lambda: backends[name](*inputs)))
+            times[name].append(_seconds(lambda run=backends[name]: run(*inputs)))
     return {name: {"times": times[name], "peak_mb": peaks[name]} for name in names}
 
 
 def check_outputs(backends: dict, inputs: tuple) -> dict:
     """Relative error of every backend's outputs against the reference (PyTorch if timed)."""
-    from .compare import relative_error
 
     reference_name = REFERENCE if REFERENCE in backends else next(iter(backends))
     expected = backends[reference_name](*inputs)
@@ -332,7 +342,6 @@ def check_outputs(backends: dict, inputs: tuple) -> dict:
 def summarise(results: dict, flops: float, rate_gflops: float, batch: int) -> dict:
     """Per backend: median and fastest ms, the ratio to PyTorch, to the FLOP floor, and to the
     best peer of the same precision (float32 / bf16 / int8), by medians and by fastest calls."""
-    from .peers import PEERS
 
     floor_ms = flops / (rate_gflops * 1e9) * 1e3
     medians = {name: float(np.median(result["times"])) * 1e3 for name, result in results.items()}
@@ -464,11 +473,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .cli import inputs_accepted
-    from .export import default_threads, load_eager_model
-
-    from . import peers
-
     names = parse_list(args.backends, "--backends", str)
     unknown = [name for name in names if name not in BACKENDS and name not in peers.PEERS]
     if unknown:
@@ -476,7 +480,6 @@ def run(args: argparse.Namespace) -> dict:
     if args.peers:
         names += [name for name in peers.available_peers() if name not in names]
     if any("openvino" in name for name in names):
-        from .export import openvino_core
 
         openvino_core()                      # not installed: one line naming the extra
     if args.calibration_data is not None and not Path(args.calibration_data).is_file():
@@ -494,7 +497,6 @@ def run(args: argparse.Namespace) -> dict:
                              f"({config.max_position_embeddings})")
     calibration = None
     if any("int8" in name and (name in peers.PEERS or BACKENDS[name].quantize == "int8-static") for name in names):
-        from .export import calibration_windows, import_nncf
 
         import_nncf()
         calibration = (calibration_windows(model_dir, config, Path(args.calibration_data)) if args.calibration_data
@@ -520,7 +522,6 @@ def bench(model, config: MobileBertConfig, model_dir: Path, names: list, shapes:
               "matmul_gflops": {key: round(value, 1) for key, value in rates.items()},
               "runs": runs, "warmup": warmup, "pause_s": pause, "shapes": {}, "output_check": {}}
     if any("openvino" in name for name in names):
-        from .export import openvino_cpu
 
         report["openvino_cpu"] = openvino_cpu()    # bf16 / int8 kernels, default precision
     with tempfile.TemporaryDirectory(prefix="mobilebert-bench-") as staging:

@@ -15,6 +15,7 @@ above the tolerance (or not finite).
 (tests/reference.py delegates here), so the command and the tests measure the same thing.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,11 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .config import MobileBertConfig
-from . import flags
-from .errors import UserInputError
+from ..core import flags
+from ..core.errors import UserInputError
+from ..core.numerics import relative_error
+from ..model.config import MobileBertConfig
+from ..model.modeldir import _first, match_state_dict, read_safetensors_metadata, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +51,6 @@ DEFAULT_TEXTS = (
 # Per-sequence outputs have no token axis to mask; every other output is (B, T, ...).
 PER_TOKEN_OUTPUTS = {"sequence_output", "prediction_logits", "start_logits", "end_logits"}
 PER_TOKEN_HEADS = ("MobileBertForMaskedLM", "MobileBertForTokenClassification")
-
-
-# ----------------------------------------------------------------------------------------
-# Measuring: relative error and which outputs pair up (shared with tests/reference.py)
-# ----------------------------------------------------------------------------------------
-
-def relative_error(paddle_value, torch_value, mask=None) -> float:
-    """max|paddle - torch| / max|torch| in float64, over `mask`-selected rows if given."""
-    paddle_value = np.asarray(paddle_value, dtype=np.float64)
-    torch_value = np.asarray(torch_value, dtype=np.float64)
-    if mask is not None:
-        paddle_value, torch_value = paddle_value[mask], torch_value[mask]
-    scale = np.abs(torch_value).max()
-    return float(np.abs(paddle_value - torch_value).max() / (scale if scale > 0 else 1.0))
 
 
 class OutputPair(NamedTuple):
@@ -137,7 +126,7 @@ def load_encoder(directories: Sequence[Path]) -> tuple[Callable, int]:
                       if (path / "vocab.txt").is_file() or (path / "tokenizer.json").is_file()), None)
     if directory is None:
         raise UserInputError(f"{', '.join(map(str, directories))}: no tokenizer files (vocab.txt or tokenizer.json)")
-    from .tokenizer import MobileBertTokenizer
+    from ..model.tokenizer import MobileBertTokenizer
 
     tokenizer = MobileBertTokenizer.from_pretrained(directory)
 
@@ -195,7 +184,6 @@ def check_hf_layout(directory: Path) -> None:
     """A Paddle model dir passed as HF_SRC would fail deep inside transformers: say so first."""
     weights = directory / "model.safetensors"
     if weights.is_file():
-        from .modeldir import read_safetensors_metadata
 
         if read_safetensors_metadata(weights).get("format") == "paddle":
             raise UserInputError(f"{weights}: a Paddle model dir; HF_SRC must be the HuggingFace checkpoint")
@@ -203,7 +191,7 @@ def check_hf_layout(directory: Path) -> None:
 
 def load_reference_model(directory: Path):
     """(HF model of the architecture its config names, architecture name), every weight loaded."""
-    from .model import HEADS
+    from ..model.network import HEADS
 
     check_hf_layout(directory)
     _, transformers = import_reference()
@@ -224,8 +212,8 @@ def load_reference_model(directory: Path):
 def load_paddle_model(source: str, architecture: str, checkpoint: tuple | None = None):
     """The Paddle head `architecture` from a model dir (or its already read `checkpoint`,
     (config, state) from load_pretrained); every one of its weights must be stored."""
-    from .modeldir import _first, load_pretrained, match_state_dict
-    from .model import HEADS
+    from ..model.loading import load_pretrained
+    from ..model.network import HEADS
 
     config, state = checkpoint or load_pretrained(source)
     model = HEADS[architecture](config)
@@ -252,7 +240,7 @@ def config_differences(paddle_config: MobileBertConfig, hf_config) -> dict[str, 
 
 
 def base_model(model):
-    from .model import MobileBertModel
+    from ..model.network import MobileBertModel
 
     return model if isinstance(model, MobileBertModel) else model.mobilebert
 
@@ -303,7 +291,7 @@ def worst(rows: dict[str, dict]) -> float:
 def compare(hf_source: str, paddle_source: str, texts: Sequence[str] = DEFAULT_TEXTS, tolerance: float = 1e-5,
             layers: bool = False) -> dict[str, Any]:
     """Run both models on `texts` and measure every output (and layer); returns the summary."""
-    from .modeldir import load_pretrained, resolve_source
+    from ..model.loading import load_pretrained
 
     hf_directory = resolve_source(hf_source)
     paddle_directory = resolve_source(paddle_source)

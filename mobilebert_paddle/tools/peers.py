@@ -25,8 +25,18 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from .config import MobileBertConfig
-from .errors import UserInputError
+from ..core.errors import UserInputError
+from ..core.logs import quiet_root_logger, stdout_to_stderr
+from ..inference.predictors import (
+    INPUT_NAMES,
+    OnnxPredictor,
+    OpenVinoPredictor,
+    bench_inputs,
+    openvino_core,
+    output_names,
+)
+from ..inference.quantize import quantize_static_openvino
+from ..model.config import MobileBertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +55,6 @@ def available_peers() -> list:
 def build_peer(name: str, hf_model, config: MobileBertConfig, staging: Path, threads: int,
                calibration: Optional[dict]):
     """A callable(input_ids, token_type_ids, attention_mask) -> tuple of arrays for peer `name`."""
-    from .export import OnnxPredictor, OpenVinoPredictor, output_names
 
     names = output_names(config.architectures[0])
     exported = staging / HF_ONNX_NAME
@@ -58,7 +67,6 @@ def build_peer(name: str, hf_model, config: MobileBertConfig, staging: Path, thr
     if name == "peer-hf-openvino":
         return OpenVinoPredictor(config, staging, exported, names, threads, precision="f32", tuned=False)
     if name == "peer-hf-openvino-bf16":
-        from .export import openvino_core
 
         default = openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
         return OpenVinoPredictor(config, staging, exported, names, threads, precision=default, tuned=False)
@@ -71,8 +79,6 @@ def build_peer(name: str, hf_model, config: MobileBertConfig, staging: Path, thr
 def export_hf_onnx(hf_model, names, path: Path) -> None:
     """torch.onnx.export of the HF model over (B, T)-dynamic int64 inputs."""
     import torch
-
-    from .export import INPUT_NAMES, stdout_to_stderr
 
     class ByPosition(torch.nn.Module):
         """HF's forward takes (input_ids, attention_mask, token_type_ids); ours (ids, types, mask)."""
@@ -96,8 +102,6 @@ def export_hf_onnx(hf_model, names, path: Path) -> None:
 def optimize_for_ort(path: Path, config: MobileBertConfig, output: Path) -> None:
     from onnxruntime.transformers import optimizer
 
-    from .export import quiet_root_logger
-
     with quiet_root_logger():
         model = optimizer.optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
                                          hidden_size=config.true_hidden_size)
@@ -109,8 +113,6 @@ def optimize_for_ort(path: Path, config: MobileBertConfig, output: Path) -> None
 def quantize_hf_openvino(path: Path, staging: Path, calibration: dict) -> Path:
     import openvino
 
-    from .export import quantize_static_openvino
-
     ov_model = quantize_static_openvino(openvino.convert_model(str(path)), calibration, float_nodes=())
     output = staging / "hf-nncf-int8.xml"
     openvino.save_model(ov_model, str(output), compress_to_fp16=False)
@@ -120,7 +122,6 @@ def quantize_hf_openvino(path: Path, staging: Path, calibration: dict) -> Path:
 def random_calibration(config: MobileBertConfig, rows: int = 64, length: int = 128, seed: int = 1) -> dict:
     """Calibration windows of random ids, for timing only (the ranges, not the answers, matter
     for speed); `bench --calibration-data FILE` uses the task's data instead."""
-    from .bench import bench_inputs
 
     length = min(length, config.max_position_embeddings)
     input_ids, token_type_ids, attention_mask = bench_inputs(config, rows, length, seed)

@@ -35,8 +35,13 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import flags
-from .errors import UserInputError
+from ..core import flags
+from ..core.errors import UserInputError
+from ..core.files import atomic_directory, atomic_write_json, ensure_writable_dir
+from ..core.logs import inputs_accepted
+from ..model.config import MobileBertConfig
+from ..model.tokenizer import MobileBertTokenizer
+from .evaluate import add_evaluate_arguments, add_predict_arguments, run_evaluate, run_predict
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +150,6 @@ def build_vocab(texts: Sequence[str], directory: Path) -> Path:
     Written through a staging directory, so a killed run leaves no half-written vocab.txt."""
     from tokenizers import normalizers, pre_tokenizers
 
-    from .files import atomic_directory
-
     normalizer = normalizers.BertNormalizer(lowercase=True)
     splitter = pre_tokenizers.BertPreTokenizer()
     words = {word for text in texts for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text))}
@@ -163,9 +166,7 @@ def make_start_model(directory: Path, vocab_file: Path, seed: int) -> Path:
     model-dir format: what `finetune` starts from and what `before_training` scores."""
     import paddle
 
-    from .config import MobileBertConfig
-    from .model import MobileBertForQuestionAnswering
-    from .tokenizer import MobileBertTokenizer
+    from ..model.network import MobileBertForQuestionAnswering
 
     tokenizer = MobileBertTokenizer(vocab_file)
     paddle.seed(seed)
@@ -202,7 +203,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def write_data(output: Path, args: argparse.Namespace) -> tuple[Path, Path, dict, Path]:
     """Step 1-2: train/dev JSON (different seeds, so dev paragraphs are new) and the vocabulary."""
-    from .files import atomic_write_json
 
     data_dir = output / "data"
     train = make_squad_dataset(args.train_questions, seed=args.seed, title="quickstart-train")
@@ -220,35 +220,29 @@ def write_data(output: Path, args: argparse.Namespace) -> tuple[Path, Path, dict
 
 
 def evaluate(model: Path, dev_file: Path, output: Path) -> dict:
-    from .cli import parse_command_args
-    from .evaluation import run_evaluate
-
-    return run_evaluate(parse_command_args("evaluate", [
-        "squad1", "--model", str(model), "--data", str(dev_file), "--output", str(output), *WINDOW_FLAGS]))
+    return run_evaluate(flags.parse_flags(add_evaluate_arguments, [
+        "squad1", "--model", str(model), "--data", str(dev_file), "--output", str(output), *WINDOW_FLAGS], "mobilebert evaluate"))
 
 
 def finetune(start_model: Path, train_file: Path, dev_file: Path, run_dir: Path, args: argparse.Namespace) -> dict:
     """Step 4: the real trainer, with dev scored after every epoch (best/ keeps the best)."""
-    from .cli import parse_command_args
-    from .train import run_finetune
+    from ..training.finetune import add_finetune_arguments, run_finetune  # Paddle: only when training
 
-    return run_finetune(parse_command_args("finetune", [
+    return run_finetune(flags.parse_flags(add_finetune_arguments, [
         "squad1", "--model", str(start_model), "--output", str(run_dir), "--train", str(train_file),
         "--dev", str(dev_file), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--learning-rate", str(args.learning_rate), "--schedule", "linear", "--min-lr", "0", "--decay-ratio", "1",
-        "--weight-decay", "0", "--eval-steps", "0", "--seed", str(args.seed), "--overwrite", *WINDOW_FLAGS]))
+        "--weight-decay", "0", "--eval-steps", "0", "--seed", str(args.seed), "--overwrite", *WINDOW_FLAGS],
+        "mobilebert finetune"))
 
 
 def answer_sample(model: Path, dev: dict) -> dict:
     """Step 6: the first dev question through `predict`, as `mobilebert predict` would answer it."""
-    from .cli import parse_command_args
-    from .evaluation import run_predict
-
     paragraph = dev["data"][0]["paragraphs"][0]
     question = paragraph["qas"][0]
-    prediction = run_predict(parse_command_args("predict", [
+    prediction = run_predict(flags.parse_flags(add_predict_arguments, [
         "--model", str(model), "--question", question["question"], "--context", paragraph["context"],
-        "--top-k", "1"]))   # no window flags: the model's config.json remembers them
+        "--top-k", "1"], "mobilebert predict"))   # no window flags: the model's config.json remembers them
     gold = question["answers"][0]["text"]
     return {"question": question["question"], "context": paragraph["context"], "gold": gold,
             "predicted": prediction["answer"], "correct": prediction["answer"] == gold}
@@ -259,9 +253,6 @@ def scores(evaluation: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .cli import inputs_accepted
-    from .files import atomic_write_json, ensure_writable_dir
-
     started = time.time()
     check_arguments(args)
     inputs_accepted()

@@ -1,0 +1,219 @@
+"""`mobilebert finetune`: the one training loop, for every task of tasks.py (fine-tuning,
+pretraining.py's MLM + NSP, distillation).
+
+The loop knows nothing about SQuAD, GLUE or masked LM: the task gives the row count, builds
+each batch from (row indices, step) when it is drawn, computes a per-row loss (and parts to
+log), may set per-parameter learning-rate multipliers per step, and scores dev data (the
+hooks are listed in tasks.Task). What the loop adds is what a run needs to be trusted:
+
+* the MobileBert_paddle recipe as defaults (AdamW 0.9/0.98/1e-6, decay 0.1 off biases and
+  norms, lr 8e-5, batch 64, 6 epochs, 10% warmup then cosine to min_lr at decay_ratio, seed 42);
+  LAMB (--optimizer lamb, Google's choice for pretraining) with the same decay exclusions;
+* the attention mask passed at every step (the reproduction we replace trained without it);
+* `--batch-size` is the *global* batch of one optimizer step. Each epoch's order depends on
+  the seed and the epoch only, global batch k is the same rows for any number of processes,
+  and each process takes an equal slice of it (then splits that for gradient accumulation);
+  the loss is sum / rows-in-the-global-batch, so 1 process and N processes (DataParallel
+  averages gradients) compute the same update;
+* exact resume: last/ holds the model, the optimizer moments (by parameter name), the
+  scheduler, the RNG states of every process and the step (which fixes the data position);
+  checkpoints are written atomically (files.atomic_directory), so a kill at any moment
+  leaves the previous one intact;
+* a guard: a non-finite loss or gradient norm stops the run naming the step (or, with
+  --skip-nonfinite, skips that update); a model with non-finite weights is never saved;
+* evaluation through evaluation.evaluate_task (the code path of `mobilebert evaluate`),
+  best-checkpoint selection on the task's main metric, metrics.jsonl + VisualDL scalars,
+  a progress bar on stderr (progress.progress_bar: live on a terminal, a line now and then
+  in a log), a JSON summary at the end.
+
+Data parallel: `python -m paddle.distributed.launch --devices 0,1,2,3 $(which mobilebert) finetune ...`
+(GPUs, NCCL) or `--nproc_per_node 2` on CPU (gloo). Only rank 0 writes files.
+"""
+
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from ..core.errors import UserInputError
+from ..core.files import read_json
+
+CHECKPOINT_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.safetensors"
+# A resumed run must be the run it continues: every flag (the recipe, the windows, the seed...) and
+# what follows from the data must be as before, except these, which change how it is watched, where
+# it runs or where its inputs are read from (the data must still give the same rows).
+RESUMABLE_FLAGS = ("eval_steps", "save_steps", "logging_steps", "eval_batch_size", "device", "skip_nonfinite",
+                   "resume", "overwrite", "output", "model", "train", "dev", "data_dir", "data", "command", "task")
+RESUMABLE_HELP = "--eval-steps, --save-steps, --logging-steps, --eval-batch-size, --device, --skip-nonfinite, the paths"
+RESTART_ADVICE = "start afresh with --overwrite, or put back a good last/"
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint pieces: optimizer state by parameter name, RNG states as JSON
+# --------------------------------------------------------------------------------------------
+
+def _split_accumulator_key(key: str, parameter_names: set[str]) -> tuple[str, str] | None:
+    """"linear_3.w_0_moment1_0" -> ("linear_3.w_0", "_moment1_0"): the longest known name before an "_"."""
+    cuts = [index for index, char in enumerate(key) if char == "_"]
+    for cut in reversed(cuts):
+        if key[:cut] in parameter_names:
+            return key[:cut], key[cut:]
+    return None
+
+
+def optimizer_state_by_name(optimizer, model) -> dict[str, np.ndarray]:
+    """AdamW accumulators keyed by the model's parameter paths instead of Paddle's per-process
+    unique names (linear_57.w_0 depends on how many layers the process built before)."""
+    path_of = {param.name: path for path, param in model.named_parameters()}
+    state = {}
+    for key, value in optimizer.state_dict().items():
+        if not isinstance(value, paddle.Tensor):
+            continue  # the LR_Scheduler dict is saved with the trainer state
+        parts = _split_accumulator_key(key, set(path_of))
+        if parts is None:
+            raise RuntimeError(f"optimizer state {key!r} belongs to no model parameter")
+        state[path_of[parts[0]] + parts[1]] = np.ascontiguousarray(value.numpy())
+    return state
+
+
+def load_optimizer_state(optimizer, model, state: dict[str, np.ndarray], scheduler_state: dict, source: Path) -> None:
+    """Inverse of optimizer_state_by_name; the scheduler's state goes in with it (Paddle requires it)."""
+    name_of = {path: param.name for path, param in model.named_parameters()}
+    renamed: dict[str, Any] = {"LR_Scheduler": scheduler_state}
+    for key, value in state.items():
+        parts = _split_accumulator_key(key, set(name_of))
+        if parts is None:
+            raise UserInputError(f"{source}: optimizer state {key!r} matches no parameter of the model")
+        renamed[name_of[parts[0]] + parts[1]] = value
+    optimizer.set_state_dict(renamed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and Paddle generator states of this process, as JSON values."""
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    return {"python": [python_state[0], list(python_state[1]), python_state[2]],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), int(numpy_state[2]), int(numpy_state[3]),
+                      float(numpy_state[4])],
+            "paddle": [list(state.__getstate__()) for state in paddle.get_rng_state()]}
+
+
+def restore_rng_state(saved: dict[str, Any]) -> None:
+    version, internal, gauss = saved["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = saved["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    state_type = type(paddle.get_rng_state()[0])
+    states = []
+    for values in saved["paddle"]:
+        state = state_type.__new__(state_type)
+        state.__setstate__(tuple(values))
+        states.append(state)
+    paddle.set_rng_state(states)
+
+
+def damaged_checkpoint(path: Path, problem: str) -> UserInputError:
+    return UserInputError(f"{path}: damaged checkpoint, {problem}; {RESTART_ADVICE}")
+
+
+def read_checkpoint(last: Path) -> dict:
+    """last/trainer_state.json, checked in shape: a damaged one is a line naming it, not a KeyError later."""
+    path = last / CHECKPOINT_STATE
+    if not path.is_file():
+        raise damaged_checkpoint(path, "the file is missing")
+    checkpoint = read_json(path, "trainer state")
+    kinds = {"state": dict, "scheduler": dict, "rng": list, "run": dict}
+    if not isinstance(checkpoint, dict):
+        raise damaged_checkpoint(path, "not a JSON object")
+    for key, kind in kinds.items():
+        if not isinstance(checkpoint.get(key), kind) or not checkpoint[key]:
+            raise damaged_checkpoint(path, f"{key!r} is missing or not a non-empty {kind.__name__}")
+    fields = set(TrainState.__dataclass_fields__)
+    unknown = sorted(set(checkpoint["state"]) - fields)
+    if unknown or not isinstance(checkpoint["state"].get("step"), int) or checkpoint["state"]["step"] < 0:
+        raise damaged_checkpoint(path, f"'state' has unknown keys {unknown}" if unknown else "'state' has no step")
+    return checkpoint
+
+
+def checkpoint_step(last: Path) -> int | None:
+    """The step last/ holds, or None when there is no readable checkpoint (for messages only)."""
+    try:
+        step = json.loads((last / CHECKPOINT_STATE).read_text(encoding="utf-8"))["state"]["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def run_flags(config) -> dict[str, Any]:
+    """The flags that make the run what it is (all but RESUMABLE_FLAGS), as JSON values."""
+    values = {key: value for key, value in vars(config).items() if key not in RESUMABLE_FLAGS and not callable(value)}
+    return json.loads(json.dumps(values))
+
+
+def check_same_run(saved: dict, identity: dict, last: Path) -> None:
+    """Refuse to continue last/ with other flags or data: one line naming every difference."""
+    saved_flags = saved.get("flags") if isinstance(saved.get("flags"), dict) else {}   # none before this check
+    changes = [f"--{key.replace('_', '-')} was {saved_flags[key]}, now {value}"
+               for key, value in identity["flags"].items() if key in saved_flags and saved_flags[key] != value]
+    changes += [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("task", "train_rows")
+                if saved.get(key) != identity[key]]
+    saved_invariants = saved.get("task_invariants") or {}          # what a task adds (distill: its stages)
+    changes += [f"{key} was {saved_invariants[key]}, now {value}" for key, value in (identity.get("task_invariants") or {}).items()
+                if key in saved_invariants and saved_invariants[key] != value]
+    if not changes:    # the step counts follow from the flags and the data: named only if nothing else explains them
+        changes = [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("total_steps", "steps_per_epoch")
+                   if saved.get(key) != identity[key]]
+    if changes:
+        raise UserInputError(f"{last}: cannot resume with a changed run: {'; '.join(changes)} (on resume only "
+                             f"{RESUMABLE_HELP} may change; or start afresh with --overwrite)")
+
+
+def read_optimizer_state(last: Path, state: "TrainState") -> dict[str, np.ndarray]:
+    """last/optimizer.safetensors; missing or unreadable is a line naming it."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = last / OPTIMIZER_STATE
+    if not path.is_file():
+        raise damaged_checkpoint(path, "the file is missing")
+    try:
+        moments = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise damaged_checkpoint(path, f"unreadable ({error})") from None
+    if not moments and state.step > state.skipped_steps:
+        raise damaged_checkpoint(path, f"no optimizer moments after {state.step - state.skipped_steps} updates")
+    return moments
+
+
+def check_finite_weights(model, step: int) -> None:
+    for path, param in model.named_parameters():
+        if not np.isfinite(param.numpy()).all():
+            raise NonFiniteLossError(f"step {step}: parameter {path} is not finite; refusing to save this model")
+
+
+class NonFiniteLossError(UserInputError):
+    """Training produced a non-finite loss or gradient: one line naming the step, exit 2."""
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a resumed run must continue from (saved in last/)."""
+
+    step: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+    skipped_steps: int = 0
+    loss_sum: float = 0.0          # since the last train log line
+    loss_steps: int = 0
+    part_sums: dict[str, float] = field(default_factory=dict)   # the task's loss parts, same span
+    part_steps: dict[str, int] = field(default_factory=dict)    # steps each part was summed over
+    last_loss: float | None = None
+    last_eval_step: int | None = None

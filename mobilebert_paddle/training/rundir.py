@@ -1,0 +1,113 @@
+"""`mobilebert finetune`: the one training loop, for every task of tasks.py (fine-tuning,
+pretraining.py's MLM + NSP, distillation).
+
+The loop knows nothing about SQuAD, GLUE or masked LM: the task gives the row count, builds
+each batch from (row indices, step) when it is drawn, computes a per-row loss (and parts to
+log), may set per-parameter learning-rate multipliers per step, and scores dev data (the
+hooks are listed in tasks.Task). What the loop adds is what a run needs to be trusted:
+
+* the MobileBert_paddle recipe as defaults (AdamW 0.9/0.98/1e-6, decay 0.1 off biases and
+  norms, lr 8e-5, batch 64, 6 epochs, 10% warmup then cosine to min_lr at decay_ratio, seed 42);
+  LAMB (--optimizer lamb, Google's choice for pretraining) with the same decay exclusions;
+* the attention mask passed at every step (the reproduction we replace trained without it);
+* `--batch-size` is the *global* batch of one optimizer step. Each epoch's order depends on
+  the seed and the epoch only, global batch k is the same rows for any number of processes,
+  and each process takes an equal slice of it (then splits that for gradient accumulation);
+  the loss is sum / rows-in-the-global-batch, so 1 process and N processes (DataParallel
+  averages gradients) compute the same update;
+* exact resume: last/ holds the model, the optimizer moments (by parameter name), the
+  scheduler, the RNG states of every process and the step (which fixes the data position);
+  checkpoints are written atomically (files.atomic_directory), so a kill at any moment
+  leaves the previous one intact;
+* a guard: a non-finite loss or gradient norm stops the run naming the step (or, with
+  --skip-nonfinite, skips that update); a model with non-finite weights is never saved;
+* evaluation through evaluation.evaluate_task (the code path of `mobilebert evaluate`),
+  best-checkpoint selection on the task's main metric, metrics.jsonl + VisualDL scalars,
+  a progress bar on stderr (progress.progress_bar: live on a terminal, a line now and then
+  in a log), a JSON summary at the end.
+
+Data parallel: `python -m paddle.distributed.launch --devices 0,1,2,3 $(which mobilebert) finetune ...`
+(GPUs, NCCL) or `--nproc_per_node 2` on CPU (gloo). Only rank 0 writes files.
+"""
+
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import paddle.distributed as dist
+
+from ..core.device import select_device
+from ..core.errors import UserInputError
+from ..core.files import (
+    check_creatable_dir,
+    ensure_writable_dir,
+    lock_directory,
+    recover_directory,
+)
+
+FP16_REFUSAL = ("--amp fp16 is refused: MobileBERT's activations reach ~1e7, far beyond fp16's largest value "
+                "(65504), so they overflow to inf; use --amp bf16 (fp32's range) on a GPU, or the fp32 default")
+
+
+# --------------------------------------------------------------------------------------------
+# Setting up a run
+# --------------------------------------------------------------------------------------------
+
+def prepare_output(config, is_main: bool) -> Path:
+    """Check OUTPUT can be written and holds no other run (unless --resume / --overwrite), and
+    tidy an existing one after a kill. Nothing is created or deleted for good here: that waits
+    for `start_output`, once the inputs have been read, so a bad input leaves OUTPUT as it was.
+
+    An existing OUTPUT is locked first (files.lock_directory, rank 0 only) and stays locked for
+    the run's life: a second run on it is refused naming the first one's pid."""
+    output = check_creatable_dir(config.output)
+    if is_main and output.is_dir():
+        lock_directory(output, "run directory")
+    earlier = [name for name in ("last", "best", "metrics.jsonl") if (output / name).exists()]
+    if earlier and not (config.resume or config.overwrite):
+        raise UserInputError(f"{output}: already holds a run ({', '.join(earlier)}); pass --resume to continue it, "
+                             f"--overwrite to replace it, or another --output")
+    if is_main and output.is_dir():
+        for stale in output.glob(".*.tmp"):        # staging dirs / temp files of a write that was killed
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        recover_directory(output / "last")
+        recover_directory(output / "best")
+    return output
+
+
+def start_output(config, output: Path, is_main: bool) -> None:
+    """The inputs are good: create OUTPUT and, with --overwrite, clear the earlier run."""
+    if is_main:
+        lock_directory(ensure_writable_dir(output), "run directory")   # a no-op if prepare_output took it
+        if config.overwrite and not config.resume:
+            for name in ("last", "best", "vdl"):
+                shutil.rmtree(output / name, ignore_errors=True)
+    if dist.get_world_size() > 1:
+        dist.barrier()   # rank 0 has created / cleared the run dir
+
+
+def init_distributed(device: str) -> str:
+    """Select the device and, when started by paddle.distributed.launch, join the process group."""
+    device = select_device(device)
+    if dist.get_world_size() > 1:
+        dist.init_parallel_env()
+    return device
+
+
+def begin_run(config) -> tuple[Path, bool]:
+    """What every training command (finetune, pretrain, distill) does first: pick the device and
+    join the process group, refuse bf16 off a GPU, and check (rank 0: tidy and lock) the run dir.
+    Returns (run dir, is this the main process)."""
+    device = init_distributed(config.device)
+    if config.amp == "bf16" and device != "gpu":
+        raise UserInputError("--amp bf16 needs a GPU (on CPU, train in fp32: the default)")
+    is_main = dist.get_rank() == 0
+    output = prepare_output(config, is_main)
+    if dist.get_world_size() > 1:
+        dist.barrier()   # rank 0 has recovered / cleaned the run dir
+    return output, is_main

@@ -1,13 +1,4 @@
-"""Scoring and inference: `mobilebert evaluate`, `mobilebert predict`, and the evaluation the
-trainer runs on dev data as it goes -- one code path for all three.
-
-The seam is a *predictor*: a callable taking a batch of numpy arrays
-{"input_ids", "token_type_ids", "attention_mask"} (B, T) int64 and returning the head's
-outputs as numpy arrays (QA: start and end logits (B, T); classification: logits (B, C)),
-a single array or a tuple. `eager_predictor(model)` wraps a Paddle model in memory (what the
-trainer uses); `--backend paddle|onnx|openvino` plugs in `mobilebert_paddle.export.load_predictor`,
-so an exported model is scored by exactly the same windows, post-processing and metrics.
-"""
+"""The device a command runs on: `--device cpu|gpu|auto`, checked against the Paddle build."""
 
 
 from __future__ import annotations

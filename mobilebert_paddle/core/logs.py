@@ -1,10 +1,6 @@
-"""`mobilebert` command line: one table maps each subcommand to plain importable functions.
-
-Each entry names the module holding the command, the function that declares its flags
-(`add(parser)`) and the function that runs it (`run(args)`, returning the JSON summary
-dict, None, or `(summary, exit_code)`). A command's
-module is imported only when that command runs, so `mobilebert --help` stays fast. A
-returned dict is the run's JSON summary, printed on stdout; logs go to stderr.
+"""What a command prints besides its JSON summary: log lines held until the command has accepted
+its inputs (a bad input is then one stderr line, not the log of the work before it), and
+libraries' stray output (paddle2onnx's prints, ONNX Runtime's and NNCF's loggers) kept off stdout.
 """
 
 

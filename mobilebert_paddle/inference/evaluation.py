@@ -1,12 +1,11 @@
-"""Scoring and inference: `mobilebert evaluate`, `mobilebert predict`, and the evaluation the
-trainer runs on dev data as it goes -- one code path for all three.
+"""Scoring a task's dev sets with a predict function: the one code path of `mobilebert evaluate`
+and of the trainer's evaluation as it goes.
 
-The seam is a *predictor*: a callable taking a batch of numpy arrays
-{"input_ids", "token_type_ids", "attention_mask"} (B, T) int64 and returning the head's
-outputs as numpy arrays (QA: start and end logits (B, T); classification: logits (B, C)),
-a single array or a tuple. `eager_predictor(model)` wraps a Paddle model in memory (what the
-trainer uses); `--backend paddle|onnx|openvino` plugs in `mobilebert_paddle.export.load_predictor`,
-so an exported model is scored by exactly the same windows, post-processing and metrics.
+A PredictFunction takes a batch of numpy arrays {"input_ids", "token_type_ids",
+"attention_mask"} (B, T) int64 (plus, for pretraining, masked_positions) and returns the head's
+outputs as numpy arrays (QA: start and end logits (B, T); classification: logits (B, C)).
+`eager_predictor(model)` wraps a Paddle model in memory; every Predictor of predictors.py is one
+too, so an exported model is scored by exactly the same windows, post-processing and metrics.
 """
 
 
@@ -19,7 +18,8 @@ import numpy as np
 
 from ..core.files import atomic_write_json
 from ..core.progress import progress_bar
-from ..tasks.base import MODEL_INPUT_NAMES, EvalResult, EvalSet, Task
+from ..model.config import MODEL_INPUT_NAMES
+from ..tasks.base import EvalResult, EvalSet, Task
 from ..tasks.settings import TaskSettings
 
 PredictFunction = Callable[[dict], Any]

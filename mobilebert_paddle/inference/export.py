@@ -1,17 +1,10 @@
-"""`mobilebert export`: a static Paddle inference model or an ONNX model, and `load_predictor`,
-the one way every inference path (eager Paddle, Paddle Inference, ONNX Runtime) is run.
-
-Export route: the Paddle model (optionally rewritten by fuse.py) is traced with
-`paddle.jit.to_static` over inputs of dynamic batch and length (InputSpec [None, None]) and
-saved with `paddle.jit.save` (Paddle 3 writes a PIR program, model.json + model.pdiparams).
-For ONNX that program goes through paddle2onnx, which reads PIR programs directly (no need to
-fall back to the old IR), then input/output names and dynamic axes are tidied. `--quantize
-int8` quantizes the ONNX model's matmul weights to int8 with activations quantized on the fly
-(onnxruntime.quantization.quantize_dynamic).
+"""`mobilebert export`: a static Paddle inference model, an ONNX model or an OpenVINO IR, optionally
+fused (fuse.py) and int8 (quantize.py).
 
 An export directory holds config.json (with `architectures`), the tokenizer files, the model
-file(s) and export.json, the manifest `load_predictor` reads. Every export is checked against
-the eager model on a probe batch before it is put in place; the manifest records the error.
+file(s) and export.json, the manifest predictors.read_manifest reads. Every export is checked
+against the eager model on a probe batch before it is put in place; the manifest records the
+error.
 """
 
 
@@ -35,8 +28,8 @@ from ..model.modeldir import copy_tokenizer_files
 from .onnx_graph import ONNX_OPSET, save_static_model, static_to_onnx
 from .predictors import (
     FORMATS,
-    INPUT_NAMES,
     MANIFEST_NAME,
+    MODEL_INPUT_NAMES,
     ONNX_NAME,
     OPENVINO_NAME,
     PADDLE_PREFIX,
@@ -97,7 +90,7 @@ def write_export(model, config: MobileBertConfig, source: Path, staging: Path, e
     config.save_pretrained(staging)
     copy_tokenizer_files(source, staging)
     manifest = {"format": export_format, "architecture": architecture, "fused": fuse, "quantization": quantize,
-                "inputs": list(INPUT_NAMES), "outputs": list(output_names(architecture))}
+                "inputs": list(MODEL_INPUT_NAMES), "outputs": list(output_names(architecture))}
     if export_format == "paddle":
         save_static_model(layer, architecture, staging / PADDLE_PREFIX)
         manifest["model_file"] = f"{PADDLE_PREFIX}.json"

@@ -1,17 +1,7 @@
-"""`mobilebert export`: a static Paddle inference model or an ONNX model, and `load_predictor`,
-the one way every inference path (eager Paddle, Paddle Inference, ONNX Runtime) is run.
-
-Export route: the Paddle model (optionally rewritten by fuse.py) is traced with
-`paddle.jit.to_static` over inputs of dynamic batch and length (InputSpec [None, None]) and
-saved with `paddle.jit.save` (Paddle 3 writes a PIR program, model.json + model.pdiparams).
-For ONNX that program goes through paddle2onnx, which reads PIR programs directly (no need to
-fall back to the old IR), then input/output names and dynamic axes are tidied. `--quantize
-int8` quantizes the ONNX model's matmul weights to int8 with activations quantized on the fly
-(onnxruntime.quantization.quantize_dynamic).
-
-An export directory holds config.json (with `architectures`), the tokenizer files, the model
-file(s) and export.json, the manifest `load_predictor` reads. Every export is checked against
-the eager model on a probe batch before it is put in place; the manifest records the error.
+"""From a Paddle model to an ONNX graph: trace with `paddle.jit.to_static` over dynamic batch and
+length (InputSpec [None, None]), save the PIR program (`paddle.jit.save`: model.json +
+model.pdiparams), convert it with paddle2onnx (which reads PIR programs directly), then tidy the
+graph: input/output names, dynamic axes, constants as initializers.
 """
 
 
@@ -21,7 +11,8 @@ import errno
 from pathlib import Path
 
 from ..core.logs import stdout_to_stderr
-from .predictors import INPUT_NAMES, input_rank, output_names
+from ..model.config import MODEL_INPUT_NAMES
+from .predictors import input_rank, output_names
 
 ONNX_OPSET = 17
 
@@ -60,7 +51,7 @@ def save_static_model(model, architecture: str, prefix: Path) -> None:
     from paddle.static import InputSpec
 
     shape = [None] * input_rank(architecture)
-    specs = [InputSpec(shape, "int64", name=name) for name in INPUT_NAMES]
+    specs = [InputSpec(shape, "int64", name=name) for name in MODEL_INPUT_NAMES]
     static = paddle.jit.to_static(export_layer(model, architecture), input_spec=specs, full_graph=True)
     paddle.jit.save(static, str(prefix))
     check_static_model(prefix)

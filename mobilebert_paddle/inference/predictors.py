@@ -1,12 +1,9 @@
-"""Scoring and inference: `mobilebert evaluate`, `mobilebert predict`, and the evaluation the
-trainer runs on dev data as it goes -- one code path for all three.
+"""Predictors: one call signature for every inference backend (eager Paddle, Paddle Inference,
+ONNX Runtime, OpenVINO), and the reading of an export directory (export.json, the manifest).
 
-The seam is a *predictor*: a callable taking a batch of numpy arrays
-{"input_ids", "token_type_ids", "attention_mask"} (B, T) int64 and returning the head's
-outputs as numpy arrays (QA: start and end logits (B, T); classification: logits (B, C)),
-a single array or a tuple. `eager_predictor(model)` wraps a Paddle model in memory (what the
-trainer uses); `--backend paddle|onnx|openvino` plugs in `mobilebert_paddle.export.load_predictor`,
-so an exported model is scored by exactly the same windows, post-processing and metrics.
+`predictor(input_ids, token_type_ids, attention_mask)` -> tuple of numpy arrays, named by
+`output_names(architecture)`. Exports are written by export.py; load.py picks the predictor for
+a path and a backend.
 """
 
 
@@ -21,7 +18,7 @@ import numpy as np
 
 from ..core.errors import UserInputError
 from ..core.files import SMALL_FILE_BYTES, read_json
-from ..model.config import MobileBertConfig
+from ..model.config import MODEL_INPUT_NAMES, MobileBertConfig
 from ..model.modeldir import inside
 
 # --------------------------------------------------------------------------------------------
@@ -46,7 +43,6 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("eager", "paddle", "onnx", "openvino")
 # Which backends run an export of each format (OpenVINO reads ONNX models as well as its own IR).
 FORMAT_BACKENDS = {"paddle": ("paddle",), "onnx": ("onnx", "openvino"), "openvino": ("openvino",)}
-INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 MANIFEST_NAME = "export.json"
 PADDLE_PREFIX = "model"                 # paddle.jit.save writes model.json + model.pdiparams
 ONNX_NAME = "model.onnx"
@@ -54,7 +50,7 @@ OPENVINO_NAME = "model.xml"             # OpenVINO IR: model.xml + model.bin
 OPENVINO_EXTRA = "pip install 'mobilebert-paddle[openvino]'"
 # Paddle Inference on CPU: oneDNN (MKLDNN) kernels. PaddleNLP's export fails in oneDNN on the
 # trigram concat; this model's export runs under oneDNN with outputs equal to eager (tests) and
-# 1.6-2.5x faster than Paddle's plain CPU kernels (mobilebert bench), so it is on by default.
+# faster than Paddle's plain CPU kernels (`mobilebert bench`), so it is on by default.
 PADDLE_INFERENCE_MKLDNN = True
 
 OUTPUT_NAMES = {
@@ -99,7 +95,7 @@ class Predictor:
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None) -> tuple:
         if isinstance(input_ids, Mapping):
             batch = input_ids
-            input_ids, token_type_ids, attention_mask = (batch.get(name) for name in INPUT_NAMES)
+            input_ids, token_type_ids, attention_mask = (batch.get(name) for name in MODEL_INPUT_NAMES)
         input_ids = np.asarray(input_ids, dtype=np.int64)
         token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
                           else np.asarray(token_type_ids, dtype=np.int64))
@@ -170,7 +166,7 @@ class PaddleInferencePredictor(Predictor):
             if self._plain_kernels is None:
                 self._plain_kernels = self._create(mkldnn=False)
             predictor = self._plain_kernels
-        arrays = dict(zip(INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
+        arrays = dict(zip(MODEL_INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
         for name in predictor.get_input_names():
             predictor.get_input_handle(name).copy_from_cpu(arrays[name])
         predictor.run()
@@ -182,9 +178,9 @@ class OnnxPredictor(Predictor):
 
     Large batches (at least `SPLIT_MIN_TOKENS` tokens and one row per thread) are split into
     one chunk per thread, each run concurrently on a second, single-threaded session: every
-    core then works through its own rows without synchronising after each operation, which
-    measured ~10% faster than ONNX Runtime's intra-op threads at 8 x 384 (and no different
-    below ~2k tokens, where it is not used). The second session is made on first use.
+    core then works through its own rows without synchronising after each operation (faster
+    than ONNX Runtime's intra-op threads on large batches, no different on small ones: README,
+    Speed). The second session is made on first use.
     """
 
     backend = "onnx"
@@ -202,7 +198,7 @@ class OnnxPredictor(Predictor):
         self._pool = None
 
     def run(self, input_ids, token_type_ids, attention_mask):
-        arrays = dict(zip(INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
+        arrays = dict(zip(MODEL_INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
         feed = {name: arrays[name] for name in self.input_names}
         rows = input_ids.shape[0]
         if self.split_batches and rows >= self.threads and input_ids.size >= self.SPLIT_MIN_TOKENS:
@@ -247,10 +243,9 @@ class OpenVinoPredictor(Predictor):
     as `bench --peers` runs the HF export):
     - Batches of at least `SPLIT_MIN_TOKENS` tokens with a row per thread run as one chunk per
       thread, each on its own single-threaded stream, so the cores do not synchronise after
-      every operation (measured 4-7% faster than two intra-op threads at 2x128 to 8x128).
+      every operation (README, OpenVINO, gives what each setting gains).
     - Shapes seen `STATIC_AFTER` times get a compilation for that exact shape (OpenVINO then
-      plans memory and picks kernels for it: up to 7% faster than the dynamic-shape
-      compilation in float32 and 9-23% in int8 at 1x128 to 8x384), made in 0.5-2 s and kept for the
+      plans memory and picks kernels for it), made in a second or two and kept for the
       `STATIC_KEEP` most recently used shapes. Other shapes run on the dynamic compilation.
       Evaluation pads every window to max_seq_length, so it uses at most two shapes.
     """
@@ -277,7 +272,7 @@ class OpenVinoPredictor(Predictor):
         self._seen = Counter()
 
     def run(self, input_ids, token_type_ids, attention_mask):
-        arrays = dict(zip(INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
+        arrays = dict(zip(MODEL_INPUT_NAMES, (input_ids, token_type_ids, attention_mask)))
         feed = {name: np.ascontiguousarray(arrays[name]) for name in self.input_names}
         rows = input_ids.shape[0]
         streams = 1

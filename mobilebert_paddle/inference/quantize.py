@@ -1,17 +1,6 @@
-"""`mobilebert export`: a static Paddle inference model or an ONNX model, and `load_predictor`,
-the one way every inference path (eager Paddle, Paddle Inference, ONNX Runtime) is run.
-
-Export route: the Paddle model (optionally rewritten by fuse.py) is traced with
-`paddle.jit.to_static` over inputs of dynamic batch and length (InputSpec [None, None]) and
-saved with `paddle.jit.save` (Paddle 3 writes a PIR program, model.json + model.pdiparams).
-For ONNX that program goes through paddle2onnx, which reads PIR programs directly (no need to
-fall back to the old IR), then input/output names and dynamic axes are tidied. `--quantize
-int8` quantizes the ONNX model's matmul weights to int8 with activations quantized on the fly
-(onnxruntime.quantization.quantize_dynamic).
-
-An export directory holds config.json (with `architectures`), the tokenizer files, the model
-file(s) and export.json, the manifest `load_predictor` reads. Every export is checked against
-the eager model on a probe batch before it is put in place; the manifest records the error.
+"""int8: ONNX Runtime's dynamic quantization of the matmul weights (`--quantize int8`) and NNCF's
+static quantization of an OpenVINO model calibrated on the task's own data (`--quantize
+int8-static`). The task heads' matmuls stay float (they read the residual stream directly).
 """
 
 
@@ -26,11 +15,11 @@ import numpy as np
 
 from ..core.errors import UserInputError
 from ..core.logs import quiet_root_logger, stdout_to_stderr
-from ..model.config import MobileBertConfig
+from ..model.config import MODEL_INPUT_NAMES, MobileBertConfig
 from ..tasks.base import load_eval_sets
 from ..tasks.registry import get_task
 from ..tasks.settings import TaskSettings, check_sequence_length
-from .predictors import INPUT_NAMES, OPENVINO_EXTRA
+from .predictors import OPENVINO_EXTRA
 
 CALIBRATION_WINDOWS = 300               # static int8: windows sampled from --calibration-data
 
@@ -90,7 +79,7 @@ def quantize_static_openvino(ov_model, calibration: dict, float_nodes: Sequence[
     activations with ranges from the calibration windows, SmoothQuant); `float_nodes` stay float."""
     nncf = import_nncf()
     rows = len(calibration["input_ids"])
-    items = [{name: np.ascontiguousarray(calibration[name][row:row + 1], dtype=np.int64) for name in INPUT_NAMES}
+    items = [{name: np.ascontiguousarray(calibration[name][row:row + 1], dtype=np.int64) for name in MODEL_INPUT_NAMES}
              for row in range(rows)]
     with stdout_to_stderr(), quiet_root_logger():
         return nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
@@ -127,4 +116,4 @@ def calibration_windows(model_dir: Path, config: MobileBertConfig, path: Path, c
     if rows == 0:
         raise UserInputError(f"--calibration-data {path}: no examples")
     chosen = np.sort(np.random.default_rng(seed).choice(rows, min(count, rows), replace=False))
-    return {name: np.asarray(inputs[name][chosen], dtype=np.int64) for name in INPUT_NAMES}
+    return {name: np.asarray(inputs[name][chosen], dtype=np.int64) for name in MODEL_INPUT_NAMES}

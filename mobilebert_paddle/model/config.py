@@ -20,6 +20,8 @@ from ..core.errors import UserInputError
 from ..core.files import SMALL_FILE_BYTES, atomic_write_text, read_json
 
 CONFIG_NAME = "config.json"
+# What every head's forward takes, in this order (and every export's inputs, int64 (B, T)).
+MODEL_INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "tanh", "silu", "swish")
 NORMALIZATIONS = ("no_norm", "layer_norm")
 # Sizes no checkpoint can have: Paddle indexes a dimension with int32, and a stack of more

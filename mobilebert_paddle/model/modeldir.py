@@ -1,6 +1,6 @@
 """The model directory: the one place that reads and writes it, with every check on the way.
 
-A model directory (DESIGN.md) is config.json + model.safetensors (Paddle layout, metadata
+A model directory (ARCHITECTURE.md, The model directory) is config.json + model.safetensors (Paddle layout, metadata
 {"format": "paddle"}) + tokenizer files. This module also reads what users bring:
   * a HuggingFace dir: model.safetensors, sharded safetensors with an index, or
     pytorch_model.bin (torch.load(weights_only=True): tensors only, never code);

@@ -3,7 +3,7 @@
 Paper: Sun et al., "MobileBERT: a Compact Task-Agnostic BERT for Resource-Limited Devices",
 ACL 2020 (arXiv 2004.02984). The reference is HuggingFace transformers' PyTorch
 MobileBERT; every module attribute here carries the same name as there, so a checkpoint's
-keys map one to one (see convert.py) and `mobilebert compare` can prove the two forwards equal.
+keys map one to one (see modeldir.hf_to_paddle) and `mobilebert compare` can prove the two forwards equal.
 
 Reading order follows the paper's Figure 1:
     embeddings (128-d word vectors, trigram concat, projected to 512)
@@ -14,7 +14,7 @@ Reading order follows the paper's Figure 1:
     -> task head.
 Shapes: B batch, T tokens, H = hidden_size (512), I = true_hidden_size (128 with bottlenecks).
 
-Paddle differs from PyTorch in ways that matter for parity (DESIGN.md, Known traps):
+Paddle differs from PyTorch in ways that matter for parity:
 Linear weights are stored [in, out]; `nn.Embedding(padding_idx=...)` would zero the pad row,
 so it is never set; LayerNorm's epsilon is passed explicitly (HF leaves two of them at
 PyTorch's 1e-5 default, reproduced below); masked attention scores get the dtype minimum.
@@ -78,7 +78,7 @@ class HeadLinear(nn.Linear):
 
     Such products are thin (N = 2 outputs, or M = B rows) and Paddle's CPU kernel for thin
     float32 products sums the 512 terms with about twice PyTorch's rounding error (QA logits
-    1e-6 vs 4.7e-7 of max|logit| at full size, tests/test_precision.py; issue 14). In
+    1e-6 vs 4.7e-7 of max|logit| at full size, tests/test_precision.py). In
     float64 the result is rounded once; the cost is negligible (B x T x 512 x labels
     multiply-adds). Other dtypes (bf16 AMP) take the ordinary path.
     """

@@ -1,5 +1,5 @@
-"""The corpus module: raw text -> token shards (`mobilebert pretrain-data`), their memory-mapped
-reader (`PretrainingData`) and masked-LM masking drawn per batch (`mask_tokens`).
+"""`mobilebert pretrain-data`: raw text -> the token shards of DATA_DIR (read by shards.py, masked
+per batch by masking.py).
 
 Input is BERT's pretraining format: one sentence a line, a blank line between documents, plain
 or gzip (recognised by its magic bytes). Instances are built as google-research/bert's
@@ -30,18 +30,7 @@ Deviations from BERT, for memory bounded by settings, never by corpus size:
   * A document of more than MAX_DOCUMENT_CHARS characters is cut into consecutive documents, and
     a line over MAX_LINE_BYTES is refused (a line is one sentence).
 
-Masking (`mask_tokens`) follows BERT's create_masked_lm_predictions and is drawn when a batch is
-drawn, from a counter-based generator keyed by (seed, step, row id, position): a row's mask does
-not depend on the batch split, the process count or what came before, so resume is exact.
-
-DATA_DIR (written atomically) holds, per shard k, fixed-width arrays readable with
-np.load(mmap_mode="r"):
-  shard-{k:05d}.input_ids.npy           (N, T) uint16 (uint32 if the vocabulary has > 65536 ids), [PAD]-padded
-  shard-{k:05d}.lengths.npy             (N,) uint16  real tokens: [CLS] A [SEP] B [SEP]
-  shard-{k:05d}.segment_a_lengths.npy   (N,) uint16  tokens of type 0: [CLS] A [SEP]
-  shard-{k:05d}.next_sentence_labels.npy (N,) uint8  1 = B is from another document
-plus meta.json (counts, settings, special ids, shards) and the tokenizer (vocab.txt,
-tokenizer.json, tokenizer_config.json), so DATA_DIR alone says which vocabulary its ids are in.
+DATA_DIR's layout is described in shards.py; it is written atomically.
 The same seed and input give the same bytes.
 """
 
@@ -72,7 +61,7 @@ from ..model.tokenizer import MobileBertTokenizer
 from .shards import FORMAT_NAME, FORMAT_VERSION, META_NAME
 
 logger = logging.getLogger(__name__)
-MIN_SEQ_LENGTH = 8                # [CLS] A [SEP] B [SEP] with room for a few tokens each
+MIN_PRETRAINING_SEQ_LENGTH = 8                # [CLS] A [SEP] B [SEP] with room for a few tokens each
 MAX_SEQ_LENGTH = 65535            # lengths are stored as uint16
 POOL_DOCUMENTS = 1000             # documents B may come from: 500 before the current one, 500 after
 POOL_TOKENS = 1 << 22             # ...and at most 4M tokens among them (8-16 MB)
@@ -507,7 +496,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", required=True, metavar="DIR",
                         help="tokenizer directory (vocab.txt or tokenizer.json), e.g. a model directory")
     parser.add_argument("--output", required=True, metavar="DATA_DIR", help="directory to write the shards to")
-    parser.add_argument("--max-seq-length", type=flags.integer(minimum=MIN_SEQ_LENGTH, maximum=MAX_SEQ_LENGTH),
+    parser.add_argument("--max-seq-length", type=flags.integer(minimum=MIN_PRETRAINING_SEQ_LENGTH, maximum=MAX_SEQ_LENGTH),
                         default=128, help="tokens a row, [CLS] and [SEP]s included")
     parser.add_argument("--short-seq-prob", type=flags.number(minimum=0, maximum=1), default=0.1,
                         help="probability that a document's instances aim at a random shorter length")
@@ -530,7 +519,7 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise UserInputError(f"{output}: refusing to replace a directory that is not pretraining data (no {META_NAME})")
 
 
-def load_tokenizer(directory: str) -> MobileBertTokenizer:
+def open_tokenizer_dir(directory: str) -> MobileBertTokenizer:
     path = Path(directory)
     if not path.is_dir():
         raise UserInputError(f"{path}: --tokenizer must be a tokenizer directory (no such directory)")
@@ -541,7 +530,7 @@ def run(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     check_output(output, args.overwrite)
     paths = check_input_files(args.files)
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = open_tokenizer_dir(args.tokenizer)
     settings = CorpusSettings(args.max_seq_length, args.short_seq_prob, args.dupe_factor, args.seed, args.shard_rows)
     began = time.perf_counter()
     meta = write_pretraining_data(paths, tokenizer, output, settings)

@@ -1,19 +1,15 @@
 """`mobilebert distill`: progressive knowledge transfer, then pretraining distillation (paper §3-4).
 
 The student (MobileBERT) learns from a pretrained teacher (IB-BERT) of the same depth and the
-same inter-block width H, in two stages, both run by the one Trainer (train.py):
+same inter-block width H, in two stages, both run by the one Trainer (training/trainer.py):
 
 1. Progressive knowledge transfer (`--transfer-steps`, split evenly into one phase per layer).
    The student starts with the teacher's embeddings and heads (`copy_from_teacher`). In phase l
-   only layer l's transfer losses count (`layer_transfer_losses`):
-     feature maps   mean over tokens and H of (LN(teacher_l) - LN(student_l))^2   x hidden factor
-     attention      per head and query, -sum_k teacher_p * log student_p           x attention factor
-     mean           mean over tokens of (mean_H teacher_l - mean_H student_l)^2   x beta
-     variance       mean over tokens of |var_H teacher_l - var_H student_l|       x gamma
-   (LN: LayerNorm over H without parameters.) Which weights move is the layer schedule's
-   business (`LayerSchedule`): Google's learning-rate multipliers, or the paper's "freeze".
+   only layer l's transfer losses count (distillation_losses.layer_transfer_losses); which
+   weights move is the layer schedule's business (`LayerSchedule`): Google's learning-rate
+   multipliers, or the paper's "freeze".
 2. Pretraining distillation (`--distill-steps`): every student weight trains on MLM against
-   ratio x one-hot + (1 - ratio) x the teacher's softmax, plus NSP (`pretraining_distillation_losses`).
+   ratio x one-hot + (1 - ratio) x the teacher's softmax, plus NSP.
 
 Facts from Google's TF1 code (google-research mobilebert/run_pretraining.py, distill_util.py,
 lamb_optimizer.py) and TF2's official/projects/mobilebert/distillation.py; where they differ,
@@ -39,12 +35,11 @@ import paddle
 
 from ..core import flags
 from ..core.errors import UserInputError
-from ..model.config import load_config
+from ..model.config import MODEL_INPUT_NAMES, load_config
 from ..model.loading import load_pretrained
 from ..model.modeldir import resolve_source
 from ..model.network import MobileBertForPreTraining
 from ..model.tokenizer import VOCAB_NAME, MobileBertTokenizer
-from ..tasks.base import MODEL_INPUT_NAMES
 from ..training.checkpoint import CHECKPOINT_STATE
 from ..training.optim import WarmupDecaySchedule
 from ..training.rundir import FP16_REFUSAL, begin_run, start_output

@@ -1,25 +1,14 @@
-"""`mobilebert distill`: progressive knowledge transfer, then pretraining distillation (paper §3-4).
+"""The losses of distillation (paper §3-4), with Google's knob names and defaults (DISTILL_DEFAULTS).
 
-The student (MobileBERT) learns from a pretrained teacher (IB-BERT) of the same depth and the
-same inter-block width H, in two stages, both run by the one Trainer (train.py):
-
-1. Progressive knowledge transfer (`--transfer-steps`, split evenly into one phase per layer).
-   The student starts with the teacher's embeddings and heads (`copy_from_teacher`). In phase l
-   only layer l's transfer losses count (`layer_transfer_losses`):
-     feature maps   mean over tokens and H of (LN(teacher_l) - LN(student_l))^2   x hidden factor
-     attention      per head and query, -sum_k teacher_p * log student_p           x attention factor
-     mean           mean over tokens of (mean_H teacher_l - mean_H student_l)^2   x beta
-     variance       mean over tokens of |var_H teacher_l - var_H student_l|       x gamma
-   (LN: LayerNorm over H without parameters.) Which weights move is the layer schedule's
-   business (`LayerSchedule`): Google's learning-rate multipliers, or the paper's "freeze".
-2. Pretraining distillation (`--distill-steps`): every student weight trains on MLM against
-   ratio x one-hot + (1 - ratio) x the teacher's softmax, plus NSP (`pretraining_distillation_losses`).
-
-Facts from Google's TF1 code (google-research mobilebert/run_pretraining.py, distill_util.py,
-lamb_optimizer.py) and TF2's official/projects/mobilebert/distillation.py; where they differ,
-the comment at each piece says which one this follows and why. Knob names and defaults are
-Google's (DISTILL_DEFAULTS). Shapes: B batch, T tokens, H hidden_size, N heads, P masked
-positions per row, V vocabulary.
+Stage 1, one layer's transfer losses (`layer_transfer_losses`):
+  feature maps   mean over tokens and H of (LN(teacher_l) - LN(student_l))^2   x hidden factor
+  attention      per head and query, -sum_k teacher_p * log student_p           x attention factor
+  mean           mean over tokens of (mean_H teacher_l - mean_H student_l)^2   x beta
+  variance       mean over tokens of |var_H teacher_l - var_H student_l|       x gamma
+(LN: LayerNorm over H without parameters.)
+Stage 2 (`pretraining_distillation_losses`): MLM against ratio x one-hot + (1 - ratio) x the
+teacher's softmax, plus NSP.
+Shapes: B batch, T tokens, H hidden_size, N heads, P masked positions per row, V vocabulary.
 """
 
 

@@ -1,24 +1,12 @@
-"""`mobilebert pretrain` and the `pretraining` task: masked LM + next sentence prediction on the
-token shards of `mobilebert pretrain-data` (corpus.py), through the one training loop (train.py).
+"""`mobilebert pretrain`: the IB-BERT teacher (or any MobileBERT config) pretrained on BERT's two
+objectives with the ForPreTraining head (paper §3-4, Google's run_pretraining.py), the
+`pretraining` task (task.py) run by the one training loop.
 
-Paper §3-4 / Google's run_pretraining.py: the IB-BERT teacher (and any MobileBERT config) is
-pretrained on BERT's two objectives with the ForPreTraining head. Here:
+Defaults are Google's LAMB recipe: lr 1.5e-3, batch 2048, warmup then linear decay to 0, weight
+decay 0.01, beta2 0.999, 20 predictions a row.
 
-* rows are read memory-mapped from DATA_DIR (corpus.PretrainingData) and masked when the batch
-  is drawn (corpus.mask_tokens, keyed by seed, step and row id): 15% of the tokens, 80/10/10,
-  at most --max-predictions-per-seq a row; a resumed run draws the same masks;
-* the MLM head runs on the masked positions only (B, P, V), not on every token (B, T, V);
-* loss of a row = mean cross entropy over its masked tokens (weighted by masked_weights) + NSP
-  cross entropy. Google's TF code averages MLM over all masked tokens of the (per-core) batch;
-  a per-row mean keeps the loss a sum over rows, which is what makes 1 process equal N
-  processes and accumulation steps exact (train.py). Dev metrics are token means;
-* dev masks are fixed (those of step 0 with the run's seed), so every evaluation scores the
-  same tokens; best/ is selected on masked_lm_accuracy;
-* defaults are Google's LAMB recipe (MobileBERT README / DESIGN.md): lr 1.5e-3, batch 2048,
-  10k warmup steps then linear decay to 0, weight decay 0.01, beta2 0.999, 20 predictions a row.
-
-`mobilebert evaluate pretraining --model DIR --data DATA_DIR --output DIR` scores a model through
-evaluation.py's code path with the masking settings stored in its config.json by training.
+`mobilebert evaluate pretraining --model DIR --data DATA_DIR --output DIR` scores a model with the
+masking settings its config.json stores from training.
 """
 
 
@@ -155,7 +143,7 @@ def check_same_vocabulary(model_dir: Path, data) -> None:
                              f"tokenizer ({theirs})")
 
 
-def build_model(config, init_from: str | None, resume_dir: Path | None):
+def build_pretraining_model(config, init_from: str | None, resume_dir: Path | None):
     """MobileBertForPreTraining: from last/ when resuming, else --init-from's weights (heads it lacks
     newly initialised), else fresh from the config."""
     from ..model.network import MobileBertForPreTraining
@@ -196,7 +184,7 @@ def run_pretrain(args: argparse.Namespace) -> dict | None:
     paddle.seed(config.seed)          # initialisation: the same on every process
     random.seed(config.seed)
     np.random.seed(config.seed)
-    model = build_model(model_config, config.init_from, resume_dir)
+    model = build_pretraining_model(model_config, config.init_from, resume_dir)
     logger.info("pretraining %s (%.1fM parameters) on %d rows of %s; dev: %s", PRETRAINING_HEAD,
                 sum(math.prod(param.shape) for param in model.parameters()) / 1e6, data.num_rows, config.data,
                 f"{eval_sets[0].rows['input_ids'].shape[0]} rows" if eval_sets else "none")

@@ -1,48 +1,13 @@
-"""The corpus module: raw text -> token shards (`mobilebert pretrain-data`), their memory-mapped
-reader (`PretrainingData`) and masked-LM masking drawn per batch (`mask_tokens`).
+"""Reading DATA_DIR (what `mobilebert pretrain-data` writes, corpus.py): meta.json and the token
+shards, memory-mapped, so a corpus larger than memory costs nothing to open.
 
-Input is BERT's pretraining format: one sentence a line, a blank line between documents, plain
-or gzip (recognised by its magic bytes). Instances are built as google-research/bert's
-create_pretraining_data.py builds them (MobileBERT's data are BERT's):
-  * a document's target length is max_seq_length - 3, or with probability short_seq_prob a
-    random length in [2, max_seq_length - 3] (drawn once per document, as BERT does);
-  * sentences accumulate into a chunk until it reaches the target (or the document ends); a
-    random number of its leading sentences is segment A;
-  * with probability 0.5 (always, if the chunk is one sentence) segment B is taken from another
-    document, from a random sentence on, up to the target; label 1 (BERT's is_random_next), and
-    the chunk's unused sentences are put back for the next instance; else B is the rest of the
-    chunk, label 0;
-  * the pair is cut to max_seq_length - 3 tokens by removing tokens from the longer side, each
-    from its front or back at random; the row is [CLS] A [SEP] B [SEP], token types 0 then 1.
-
-Deviations from BERT, for memory bounded by settings, never by corpus size:
-  * BERT holds every document and draws B's document from all of them. Here the text streams
-    and B's document is drawn uniformly from a window of up to POOL_DOCUMENTS documents around
-    the current one (500 read before it, 500 after; POOL_TOKENS = 4M tokens at most, 8 MB as
-    uint16). Next-sentence prediction only needs B from *another* document: 1000 candidates
-    make the same (A document, B document) pair rare (BERT's Wikipedia + BookCorpus has millions
-    of documents, so there too a pair hardly ever repeats), and B's document stays a uniform
-    draw from the window, not the neighbour. In a corpus sorted by topic the window's documents
-    are closer in topic than random ones: shuffle the document order of such files first.
-  * BERT shuffles documents and instances and writes static masks dupe_factor (10) times. Here
-    rows stay in corpus order (the trainer draws row indices at random) and masks are drawn when
-    batches are drawn (`mask_tokens`), so --dupe-factor defaults to 1.
-  * A document of more than MAX_DOCUMENT_CHARS characters is cut into consecutive documents, and
-    a line over MAX_LINE_BYTES is refused (a line is one sentence).
-
-Masking (`mask_tokens`) follows BERT's create_masked_lm_predictions and is drawn when a batch is
-drawn, from a counter-based generator keyed by (seed, step, row id, position): a row's mask does
-not depend on the batch split, the process count or what came before, so resume is exact.
-
-DATA_DIR (written atomically) holds, per shard k, fixed-width arrays readable with
-np.load(mmap_mode="r"):
+DATA_DIR holds, per shard k, fixed-width arrays readable with np.load(mmap_mode="r"):
   shard-{k:05d}.input_ids.npy           (N, T) uint16 (uint32 if the vocabulary has > 65536 ids), [PAD]-padded
   shard-{k:05d}.lengths.npy             (N,) uint16  real tokens: [CLS] A [SEP] B [SEP]
   shard-{k:05d}.segment_a_lengths.npy   (N,) uint16  tokens of type 0: [CLS] A [SEP]
   shard-{k:05d}.next_sentence_labels.npy (N,) uint8  1 = B is from another document
 plus meta.json (counts, settings, special ids, shards) and the tokenizer (vocab.txt,
 tokenizer.json, tokenizer_config.json), so DATA_DIR alone says which vocabulary its ids are in.
-The same seed and input give the same bytes.
 """
 
 

@@ -1,24 +1,13 @@
-"""`mobilebert pretrain` and the `pretraining` task: masked LM + next sentence prediction on the
-token shards of `mobilebert pretrain-data` (corpus.py), through the one training loop (train.py).
+"""The `pretraining` task: masked LM + next sentence prediction on DATA_DIR's rows (shards.py),
+masked when the batch is drawn (masking.py), for the one training loop and `evaluate pretraining`.
 
-Paper §3-4 / Google's run_pretraining.py: the IB-BERT teacher (and any MobileBERT config) is
-pretrained on BERT's two objectives with the ForPreTraining head. Here:
-
-* rows are read memory-mapped from DATA_DIR (corpus.PretrainingData) and masked when the batch
-  is drawn (corpus.mask_tokens, keyed by seed, step and row id): 15% of the tokens, 80/10/10,
-  at most --max-predictions-per-seq a row; a resumed run draws the same masks;
 * the MLM head runs on the masked positions only (B, P, V), not on every token (B, T, V);
 * loss of a row = mean cross entropy over its masked tokens (weighted by masked_weights) + NSP
   cross entropy. Google's TF code averages MLM over all masked tokens of the (per-core) batch;
   a per-row mean keeps the loss a sum over rows, which is what makes 1 process equal N
-  processes and accumulation steps exact (train.py). Dev metrics are token means;
+  processes and accumulation steps exact (training/trainer.py). Dev metrics are token means;
 * dev masks are fixed (those of step 0 with the run's seed), so every evaluation scores the
-  same tokens; best/ is selected on masked_lm_accuracy;
-* defaults are Google's LAMB recipe (MobileBERT README / DESIGN.md): lr 1.5e-3, batch 2048,
-  10k warmup steps then linear decay to 0, weight decay 0.01, beta2 0.999, 20 predictions a row.
-
-`mobilebert evaluate pretraining --model DIR --data DATA_DIR --output DIR` scores a model through
-evaluation.py's code path with the masking settings stored in its config.json by training.
+  same tokens; best/ is selected on masked_lm_accuracy.
 """
 
 

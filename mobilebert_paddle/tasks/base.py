@@ -1,16 +1,8 @@
-"""The task registry: the only place where SQuAD v1.1/v2.0, MNLI and the other GLUE tasks differ.
+"""The Task seam: what fine-tuning, pretraining and distillation tell the one training loop and the
+one evaluation path (how to read data, build rows, compute a per-row loss, score dev sets, write
+predictions), plus the dev-set containers and the readers of the data a command was given.
 
-Each task says how to read its data (files, a GLUE/SQuAD data directory or the HF hub), how to
-turn examples into model rows, which head it trains, its loss, its metrics and main metric
-(what best-checkpoint selection maximises), how to write dev predictions, and the recipe
-defaults that are not shared by every task. Everything else -- the training loop
-(train.py) and the evaluation code path (evaluation.py) -- is the same for all tasks.
-
-Recipe (DESIGN.md §Training, the MobileBert_paddle runs that met the paper's numbers): shared
-defaults live in train.py; per task: max_seq_length 384 (SQuAD) / 128 (GLUE), cosine decay
-to min_lr 1e-6 at 70% of the steps for squad1 and 5e-7 at 90% for the others, evaluation
-every 240 steps (120 for squad2, every epoch for the small GLUE tasks) and, for squad2, a
-null-score threshold of -1.5 (the value behind the reproduction's 76.62 / 79.75).
+The tasks themselves: tasks/registry.py (SQuAD, GLUE), pretraining/task.py, pretraining/distillation.py.
 """
 
 
@@ -26,11 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import UserInputError
+from ..model.config import MODEL_INPUT_NAMES
 from .settings import Recipe, TaskSettings
 
 logger = logging.getLogger(__name__)
 
-MODEL_INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 QA_HEAD = "MobileBertForQuestionAnswering"
 CLASSIFICATION_HEAD = "MobileBertForSequenceClassification"
 

@@ -56,7 +56,7 @@ class TsvLayout:
 
 
 @dataclass(frozen=True)
-class GlueTask:
+class GlueSpec:
     name: str
     directory: str                      # folder name in the GLUE download, e.g. "SST-2"
     labels: tuple[str, ...] | None      # None: regression (stsb)
@@ -82,27 +82,27 @@ class GlueTask:
         return {0: "LABEL_0"} if self.labels is None else dict(enumerate(self.labels))
 
 
-def _pair_task(name: str, directory: str, labels: tuple[str, ...]) -> GlueTask:
+def _pair_task(name: str, directory: str, labels: tuple[str, ...]) -> GlueSpec:
     """qnli, rte, wnli: index, text_a, text_b, label (last); test files lack the label."""
-    return GlueTask(name, directory, labels, TsvLayout(True, 1, 2, -1), TsvLayout(True, 1, 2),
+    return GlueSpec(name, directory, labels, TsvLayout(True, 1, 2, -1), TsvLayout(True, 1, 2),
                     ("accuracy",), "accuracy")
 
 
 BINARY = ("0", "1")
 # Main metric: the task's GLUE benchmark score, i.e. the mean of its two metrics where it has
 # two (MRPC/QQP accuracy and F1, STS-B Pearson and Spearman); every part is still reported.
-GLUE_TASKS: dict[str, GlueTask] = {
-    "cola": GlueTask("cola", "CoLA", BINARY, TsvLayout(False, 3, None, 1, columns=4), TsvLayout(True, 1),
+GLUE_TASKS: dict[str, GlueSpec] = {
+    "cola": GlueSpec("cola", "CoLA", BINARY, TsvLayout(False, 3, None, 1, columns=4), TsvLayout(True, 1),
                      ("mcc",), "mcc"),
-    "sst2": GlueTask("sst2", "SST-2", BINARY, TsvLayout(True, 0, None, 1), TsvLayout(True, 1),
+    "sst2": GlueSpec("sst2", "SST-2", BINARY, TsvLayout(True, 0, None, 1), TsvLayout(True, 1),
                      ("accuracy",), "accuracy"),
-    "mrpc": GlueTask("mrpc", "MRPC", BINARY, TsvLayout(True, 3, 4, 0), TsvLayout(True, 3, 4),
+    "mrpc": GlueSpec("mrpc", "MRPC", BINARY, TsvLayout(True, 3, 4, 0), TsvLayout(True, 3, 4),
                      ("accuracy", "f1", "accuracy_and_f1"), "accuracy_and_f1"),
-    "stsb": GlueTask("stsb", "STS-B", None, TsvLayout(True, 7, 8, -1), TsvLayout(True, 7, 8),
+    "stsb": GlueSpec("stsb", "STS-B", None, TsvLayout(True, 7, 8, -1), TsvLayout(True, 7, 8),
                      ("pearson", "spearman", "pearson_and_spearman"), "pearson_and_spearman"),
-    "qqp": GlueTask("qqp", "QQP", BINARY, TsvLayout(True, 3, 4, 5), TsvLayout(True, 1, 2),
+    "qqp": GlueSpec("qqp", "QQP", BINARY, TsvLayout(True, 3, 4, 5), TsvLayout(True, 1, 2),
                     ("accuracy", "f1", "accuracy_and_f1"), "accuracy_and_f1"),
-    "mnli": GlueTask("mnli", "MNLI", ("contradiction", "entailment", "neutral"),
+    "mnli": GlueSpec("mnli", "MNLI", ("contradiction", "entailment", "neutral"),
                      TsvLayout(True, 8, 9, -1), TsvLayout(True, 8, 9), ("accuracy",), "accuracy",
                      dev_files=("dev_matched.tsv", "dev_mismatched.tsv"),
                      test_files=("test_matched.tsv", "test_mismatched.tsv")),
@@ -113,15 +113,15 @@ GLUE_TASKS: dict[str, GlueTask] = {
 GLUE_MAIN_METRIC: dict[str, str] = {name: task.main_metric for name, task in GLUE_TASKS.items()}
 
 
-def get_glue_task(task: str | GlueTask) -> GlueTask:
-    if isinstance(task, GlueTask):
+def get_glue_task(task: str | GlueSpec) -> GlueSpec:
+    if isinstance(task, GlueSpec):
         return task
     if task not in GLUE_TASKS:
         raise UserInputError(f"unknown GLUE task {task!r} (known: {', '.join(GLUE_TASKS)})")
     return GLUE_TASKS[task]
 
 
-def id2label(task: str | GlueTask) -> dict[int, str]:
+def id2label(task: str | GlueSpec) -> dict[int, str]:
     return get_glue_task(task).id2label
 
 
@@ -150,7 +150,7 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise UserInputError(f"{path}: cannot read the GLUE file ({error.strerror or error})") from None
 
 
-def _parse_label(task: GlueTask, value: str, where: str) -> str | float:
+def _parse_label(task: GlueSpec, value: str, where: str) -> str | float:
     if task.labels is not None:
         if value not in task.labels:
             raise UserInputError(f"{where}: unknown label {value!r} for {task.name} "
@@ -165,7 +165,7 @@ def _parse_label(task: GlueTask, value: str, where: str) -> str | float:
     return score
 
 
-def read_glue(task: str | GlueTask, path: str | Path, labelled: bool | None = None) -> list[GlueExample]:
+def read_glue(task: str | GlueSpec, path: str | Path, labelled: bool | None = None) -> list[GlueExample]:
     """Examples of one GLUE TSV file, in file order.
 
     labelled: whether the file has labels; None -> all but files named test*. Bad input

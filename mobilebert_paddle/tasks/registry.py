@@ -1,14 +1,9 @@
-"""The task registry: the only place where SQuAD v1.1/v2.0, MNLI and the other GLUE tasks differ.
+"""The registry of fine-tuning tasks: the only place where SQuAD v1.1/v2.0, MNLI and the other GLUE
+tasks differ. SquadTask and GlueTask adapt squad.py and glue.py to the Task seam of base.py.
 
-Each task says how to read its data (files, a GLUE/SQuAD data directory or the HF hub), how to
-turn examples into model rows, which head it trains, its loss, its metrics and main metric
-(what best-checkpoint selection maximises), how to write dev predictions, and the recipe
-defaults that are not shared by every task. Everything else -- the training loop
-(train.py) and the evaluation code path (evaluation.py) -- is the same for all tasks.
-
-Recipe (DESIGN.md §Training, the MobileBert_paddle runs that met the paper's numbers): shared
-defaults live in train.py; per task: max_seq_length 384 (SQuAD) / 128 (GLUE), cosine decay
-to min_lr 1e-6 at 70% of the steps for squad1 and 5e-7 at 90% for the others, evaluation
+Recipe (the MobileBert_paddle runs that met the paper's numbers; README, Fine-tuning): shared
+defaults live in training/finetune.py; per task: max_seq_length 384 (SQuAD) / 128 (GLUE), cosine
+decay to min_lr 1e-6 at 70% of the steps for squad1 and 5e-7 at 90% for the others, evaluation
 every 240 steps (120 for squad2, every epoch for the small GLUE tasks) and, for squad2, a
 null-score threshold of -1.5 (the value behind the reproduction's 76.62 / 79.75).
 """
@@ -155,7 +150,7 @@ HUB_TEXT_COLUMNS = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrp
                     "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2")}
 
 
-class GlueTaskAdapter(Task):
+class GlueTask(Task):
     """A GLUE task of glue.GLUE_TASKS with its recipe: a classifier (or regressor) over [CLS]."""
 
     head = CLASSIFICATION_HEAD
@@ -284,7 +279,7 @@ def _build_registry() -> dict[str, Task]:
     tasks: dict[str, Task] = {"squad1": SquadTask("squad1", False, squad1), "squad2": SquadTask("squad2", True, squad2)}
     for name in ("mnli", "cola", "sst2", "mrpc", "stsb", "qqp", "qnli", "rte", "wnli"):
         recipe = big_glue if name in ("mnli", "qqp", "qnli", "sst2") else small_glue
-        tasks[name] = GlueTaskAdapter(GLUE_TASKS[name], recipe)
+        tasks[name] = GlueTask(GLUE_TASKS[name], recipe)
     return tasks
 
 

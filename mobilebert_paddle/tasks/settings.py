@@ -1,12 +1,5 @@
-"""Scoring and inference: `mobilebert evaluate`, `mobilebert predict`, and the evaluation the
-trainer runs on dev data as it goes -- one code path for all three.
-
-The seam is a *predictor*: a callable taking a batch of numpy arrays
-{"input_ids", "token_type_ids", "attention_mask"} (B, T) int64 and returning the head's
-outputs as numpy arrays (QA: start and end logits (B, T); classification: logits (B, C)),
-a single array or a tuple. `eager_predictor(model)` wraps a Paddle model in memory (what the
-trainer uses); `--backend paddle|onnx|openvino` plugs in `mobilebert_paddle.export.load_predictor`,
-so an exported model is scored by exactly the same windows, post-processing and metrics.
+"""Recipe (a task's defaults) and TaskSettings (how examples become rows and logits become answers:
+the window flags of finetune, evaluate and predict), with the flags that set them.
 """
 
 
@@ -63,7 +56,7 @@ def add_task_settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Defaults of one task that differ between tasks (the shared ones are flags in train.py)."""
+    """Defaults of one task that differ between tasks (the shared ones are flags of training/finetune.py)."""
 
     max_seq_length: int
     min_lr: float

@@ -32,11 +32,11 @@ import numpy as np
 
 from ..core.errors import UserInputError
 from ..core.files import atomic_write_json, ensure_writable_dir, read_json
+from ..model.config import MODEL_INPUT_NAMES
 from ..model.tokenizer import MobileBertTokenizer
 
 logger = logging.getLogger(__name__)
 
-MODEL_INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 NOT_CONTEXT = -1                    # offset_mapping value of [CLS], question, [SEP] and padding tokens
 SPECIAL_TOKENS_PER_WINDOW = 3       # [CLS] question [SEP] context [SEP]
 ASSEMBLY_CHUNK = 4096               # windows built per numpy pass (bounds temporary memory)

@@ -75,7 +75,7 @@ class ExportSpec(NamedTuple):
 
 
 # name -> how it is exported; None = not an export. The peers (`--peers`) are in peers.py.
-BACKENDS = {
+BENCH_BACKENDS = {
     "torch": None,
     "paddle-eager": None,
     "paddle-inference": ExportSpec("paddle"),
@@ -93,7 +93,7 @@ BACKENDS = {
     "openvino-fused-bf16": ExportSpec("openvino", fuse=True, precision="bf16"),
 }
 # Timed unless --backends says otherwise: the OpenVINO ones need the optional extra.
-DEFAULT_BACKENDS = [name for name in BACKENDS if not name.startswith("openvino")]
+DEFAULT_BACKENDS = [name for name in BENCH_BACKENDS if not name.startswith("openvino")]
 REFERENCE = "torch"
 # Bounds that keep a typo from allocating terabytes or sleeping for ever (one row of 512 int64 is 4 KB)
 MAX_BATCH, MAX_THREADS, MAX_PAUSE = 4096, 1024, 3600.0
@@ -239,7 +239,7 @@ def build_backends(names: list, model, config: MobileBertConfig, model_dir: Path
 def build_ours(name: str, model, config: MobileBertConfig, model_dir: Path, staging: Path, threads: int,
                calibration: Optional[dict]):
 
-    spec = BACKENDS[name]
+    spec = BENCH_BACKENDS[name]
     if spec is None:
         return EagerPredictor(model, config, model_dir)
     directory = staging / name
@@ -455,7 +455,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=flags.integer(minimum=1), default=5, help="timed rounds per shape (median reported)")
     parser.add_argument("--warmup", type=flags.integer(minimum=0), default=2, help="untimed calls per backend and shape first")
     parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                        help=f"which to time, comma-separated, from: {', '.join(BACKENDS)}")
+                        help=f"which to time, comma-separated, from: {', '.join(BENCH_BACKENDS)}")
     parser.add_argument("--peers", action="store_true",
                         help="also time what a user would pick instead, from the same weights: the HF model "
                              "exported by torch.onnx.export in ONNX Runtime (transformers optimizer) and in "
@@ -474,9 +474,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     names = parse_list(args.backends, "--backends", str)
-    unknown = [name for name in names if name not in BACKENDS and name not in peers.PEERS]
+    unknown = [name for name in names if name not in BENCH_BACKENDS and name not in peers.PEERS]
     if unknown:
-        raise UserInputError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        raise UserInputError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BENCH_BACKENDS)}")
     if args.peers:
         names += [name for name in peers.available_peers() if name not in names]
     if any("openvino" in name for name in names):
@@ -496,7 +496,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserInputError(f"--seq {too_long[0]} exceeds the model's max_position_embeddings "
                              f"({config.max_position_embeddings})")
     calibration = None
-    if any("int8" in name and (name in peers.PEERS or BACKENDS[name].quantize == "int8-static") for name in names):
+    if any("int8" in name and (name in peers.PEERS or BENCH_BACKENDS[name].quantize == "int8-static") for name in names):
 
         import_nncf()
         calibration = (calibration_windows(model_dir, config, Path(args.calibration_data)) if args.calibration_data

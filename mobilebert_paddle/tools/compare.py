@@ -2,7 +2,7 @@
 
 Both models read the same padded batch of real text (attention mask and token types set).
 MobileBERT's activations reach ~1e7, so an absolute difference says little; per output
-the report gives the relative error (DESIGN.md, Parity)
+the report gives the relative error (ARCHITECTURE.md, Parity)
 
     rel = max|paddle - torch| / max|torch|
 

@@ -1,12 +1,6 @@
-"""Scoring and inference: `mobilebert evaluate`, `mobilebert predict`, and the evaluation the
-trainer runs on dev data as it goes -- one code path for all three.
-
-The seam is a *predictor*: a callable taking a batch of numpy arrays
-{"input_ids", "token_type_ids", "attention_mask"} (B, T) int64 and returning the head's
-outputs as numpy arrays (QA: start and end logits (B, T); classification: logits (B, C)),
-a single array or a tuple. `eager_predictor(model)` wraps a Paddle model in memory (what the
-trainer uses); `--backend paddle|onnx|openvino` plugs in `mobilebert_paddle.export.load_predictor`,
-so an exported model is scored by exactly the same windows, post-processing and metrics.
+"""`mobilebert evaluate` (every task: SQuAD, GLUE, pretraining) and `mobilebert predict` (a
+question and a context, or a text (pair) to classify), on any backend (inference/load.py).
+Scoring goes through inference/evaluation.py, the path the trainer's evaluation takes too.
 """
 
 
@@ -30,6 +24,7 @@ from ..inference.evaluation import (
     write_evaluation,
 )
 from ..inference.load import load_inference_model
+from ..inference.predictors import BACKENDS
 from ..pretraining.task import PretrainingTask
 from ..tasks.base import CLASSIFICATION_HEAD, QA_HEAD, EvalResult, Task, load_eval_sets
 from ..tasks.glue import GlueExample, build_glue_features
@@ -44,7 +39,6 @@ from ..tasks.squad import SquadExample, postprocess_predictions
 TASK_NAMES = FINETUNE_TASK_NAMES + ("pretraining",)     # `evaluate` takes every task
 
 logger = logging.getLogger(__name__)
-BACKENDS = ("eager", "paddle", "onnx", "openvino")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ give for BERT-like models:
   optimisation. One session with intra-op threads, as a user would make it.
 - peer-hf-openvino: OpenVINO on the same export, float32 (INFERENCE_PRECISION_HINT f32), one
   latency-mode compilation with dynamic shapes (what `compile_model` gives; our own OpenVINO
-  paths add per-shape compilations and one stream per thread for large batches, export.py).
+  paths add per-shape compilations and one stream per thread for large batches, inference/predictors.py).
 - peer-hf-openvino-bf16: the same, on OpenVINO's default precision for this CPU (bf16 where the
   CPU has it: not exact, compared with our bf16 path only).
 - peer-hf-openvino-int8: NNCF post-training int8 on the export (transformer preset, the same
@@ -28,7 +28,7 @@ from typing import Optional
 from ..core.errors import UserInputError
 from ..core.logs import quiet_root_logger, stdout_to_stderr
 from ..inference.predictors import (
-    INPUT_NAMES,
+    MODEL_INPUT_NAMES,
     OnnxPredictor,
     OpenVinoPredictor,
     bench_inputs,
@@ -91,11 +91,11 @@ def export_hf_onnx(hf_model, names, path: Path) -> None:
             output = self.inner(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
             return tuple(output[key] for key in output.keys())[:len(names)]
 
-    example = tuple(torch.ones((2, 16), dtype=torch.int64) for _ in INPUT_NAMES)
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    example = tuple(torch.ones((2, 16), dtype=torch.int64) for _ in MODEL_INPUT_NAMES)
+    axes = {name: {0: "batch", 1: "sequence"} for name in MODEL_INPUT_NAMES}
     axes.update({name: {0: "batch"} for name in names})
     with torch.inference_mode(False), torch.no_grad(), stdout_to_stderr():
-        torch.onnx.export(ByPosition(hf_model).eval(), example, str(path), input_names=list(INPUT_NAMES),
+        torch.onnx.export(ByPosition(hf_model).eval(), example, str(path), input_names=list(MODEL_INPUT_NAMES),
                           output_names=list(names), dynamic_axes=axes, opset_version=17, dynamo=False)
 
 

@@ -1,33 +1,5 @@
-"""`mobilebert finetune`: the one training loop, for every task of tasks.py (fine-tuning,
-pretraining.py's MLM + NSP, distillation).
-
-The loop knows nothing about SQuAD, GLUE or masked LM: the task gives the row count, builds
-each batch from (row indices, step) when it is drawn, computes a per-row loss (and parts to
-log), may set per-parameter learning-rate multipliers per step, and scores dev data (the
-hooks are listed in tasks.Task). What the loop adds is what a run needs to be trusted:
-
-* the MobileBert_paddle recipe as defaults (AdamW 0.9/0.98/1e-6, decay 0.1 off biases and
-  norms, lr 8e-5, batch 64, 6 epochs, 10% warmup then cosine to min_lr at decay_ratio, seed 42);
-  LAMB (--optimizer lamb, Google's choice for pretraining) with the same decay exclusions;
-* the attention mask passed at every step (the reproduction we replace trained without it);
-* `--batch-size` is the *global* batch of one optimizer step. Each epoch's order depends on
-  the seed and the epoch only, global batch k is the same rows for any number of processes,
-  and each process takes an equal slice of it (then splits that for gradient accumulation);
-  the loss is sum / rows-in-the-global-batch, so 1 process and N processes (DataParallel
-  averages gradients) compute the same update;
-* exact resume: last/ holds the model, the optimizer moments (by parameter name), the
-  scheduler, the RNG states of every process and the step (which fixes the data position);
-  checkpoints are written atomically (files.atomic_directory), so a kill at any moment
-  leaves the previous one intact;
-* a guard: a non-finite loss or gradient norm stops the run naming the step (or, with
-  --skip-nonfinite, skips that update); a model with non-finite weights is never saved;
-* evaluation through evaluation.evaluate_task (the code path of `mobilebert evaluate`),
-  best-checkpoint selection on the task's main metric, metrics.jsonl + VisualDL scalars,
-  a progress bar on stderr (progress.progress_bar: live on a terminal, a line now and then
-  in a log), a JSON summary at the end.
-
-Data parallel: `python -m paddle.distributed.launch --devices 0,1,2,3 $(which mobilebert) finetune ...`
-(GPUs, NCCL) or `--nproc_per_node 2` on CPU (gloo). Only rank 0 writes files.
+"""The start of every training run (finetune, pretrain, distill), written once: the device and the
+process group, the bf16/fp16 checks, the run directory made or resumed and locked, the seed.
 """
 
 

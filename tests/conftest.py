@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import lzma
 import os
 from pathlib import Path
 
@@ -19,9 +21,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# Shipped with the repository (tests/data/README.md: what they are and their licences).
+FIXTURES = REPO_ROOT / "tests" / "data"
+
+
 @pytest.fixture(scope="session")
-def bert_vocab_file(shared_data: Path) -> Path:
-    path = shared_data / "vocab" / "bert-base-uncased-vocab.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+def bert_vocab_file(tmp_path_factory) -> Path:
+    """BERT's uncased WordPiece vocabulary (30,522 pieces), as a plain vocab.txt."""
+    path = tmp_path_factory.mktemp("bert-vocab") / "bert-base-uncased-vocab.txt"
+    path.write_bytes(lzma.decompress((FIXTURES / "bert-base-uncased-vocab.txt.xz").read_bytes()))
     return path
+
+
+@pytest.fixture(scope="session")
+def squad_articles() -> list[dict]:
+    """The SQuAD v1.1 dev articles, paragraphs' contexts only: 48 articles of Wikipedia text."""
+    return json.loads(lzma.decompress((FIXTURES / "squad-dev-v1.1-contexts.json.xz").read_bytes()))["data"]

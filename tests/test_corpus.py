@@ -8,7 +8,6 @@ use bounds of about 4.5 standard deviations, so they fail when a rule is broken,
 from __future__ import annotations
 
 import gzip
-import json
 import random
 import re
 import subprocess
@@ -28,20 +27,16 @@ from mobilebert_paddle.pretraining.shards import PretrainingData
 SIGMAS = 4.5
 
 
-def squad_documents(shared_data: Path) -> list[str]:
+def squad_documents(articles: list[dict]) -> list[str]:
     """Each SQuAD dev context as a document: one sentence a line."""
-    path = shared_data / "squad" / "dev-v1.1.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    contexts = [paragraph["context"] for article in json.loads(path.read_text())["data"]
-                for paragraph in article["paragraphs"]]
+    contexts = [paragraph["context"] for article in articles for paragraph in article["paragraphs"]]
     return ["\n".join(s for s in re.split(r"(?<=[.!?])\s+", context.strip()) if s) for context in contexts]
 
 
 @pytest.fixture(scope="module")
-def corpus(shared_data, tmp_path_factory) -> Path:
+def corpus(squad_articles, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "squad.txt"
-    path.write_text("\n\n".join(squad_documents(shared_data)) + "\n")
+    path.write_text("\n\n".join(squad_documents(squad_articles)) + "\n")
     return path
 
 
@@ -237,13 +232,13 @@ def peak_rss_mb(argv: list[str], tmp_path: Path) -> float:
     return int(peak_file.read_text()) / 1024
 
 
-def test_memory_does_not_grow_with_the_corpus(shared_data, tokenizer_dir, tmp_path):
+def test_memory_does_not_grow_with_the_corpus(squad_articles, tokenizer_dir, tmp_path):
     """A 16 MB corpus (~3.3M tokens) costs no more memory than a 1.6 MB one, within a 4 MB cap
     that is a quarter of the corpus: holding its token ids alone would take 6.6 MB, its text
     16 MB. (The process itself, Python + numpy + the Rust tokenizer, is ~50-60 MB whatever the
     corpus; at ~0.1-0.3M tokens/s on this shared machine a corpus several times that would take
     minutes, so the cap is on memory above that floor, which is what a corpus could make grow.)"""
-    documents = squad_documents(shared_data)
+    documents = squad_documents(squad_articles)
     small, large = tmp_path / "small.txt", tmp_path / "large.txt"
     small.write_text("\n\n".join(documents) + "\n")
     rng = random.Random(0)

@@ -59,11 +59,11 @@ def write_vocab(text: str, directory: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def corpus(shared_data, tmp_path_factory) -> dict:
+def corpus(squad_articles, tmp_path_factory) -> dict:
     """{"tokenizer", "train", "dev": DATA_DIRs, "vocab_size"} made through `mobilebert pretrain-data`."""
     from mobilebert_paddle.cli import main
 
-    squad = json.loads((shared_data / "squad" / "dev-v1.1.json").read_text(encoding="utf-8"))["data"]
+    squad = squad_articles
     root = tmp_path_factory.mktemp("corpus")
     (root / "train.txt").write_text(corpus_text(squad[:HELD_OUT_FROM_ARTICLE]), encoding="utf-8")
     (root / "heldout.txt").write_text(corpus_text(squad[HELD_OUT_FROM_ARTICLE:]), encoding="utf-8")

@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import numpy as np
 import paddle
 
 from ..core import flags
@@ -42,8 +40,15 @@ from ..model.network import MobileBertForPreTraining
 from ..model.tokenizer import VOCAB_NAME, MobileBertTokenizer
 from ..training.checkpoint import CHECKPOINT_STATE
 from ..training.optim import WarmupDecaySchedule
-from ..training.rundir import FP16_REFUSAL, begin_run, start_output
-from ..training.trainer import GlobalBatchSampler, Trainer
+from ..training.rundir import (
+    begin_run,
+    check_batch_fits,
+    check_optimisation_flags,
+    seed_dropout,
+    seed_initialisation,
+    start_output,
+)
+from ..training.trainer import Trainer
 from .distillation_losses import (
     DISTILL_DEFAULTS,
     TransferFactors,
@@ -373,10 +378,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_distill_config(args: argparse.Namespace) -> argparse.Namespace:
     """The flags plus the trainer's fixed values (checked before any work)."""
 
-    if args.amp == "fp16":
-        raise UserInputError(FP16_REFUSAL)
-    if args.min_lr > args.learning_rate:
-        raise UserInputError(f"--min-lr {args.min_lr} is above the peak --learning-rate {args.learning_rate}")
+    check_optimisation_flags(args)
     total = args.transfer_steps + args.distill_steps
     if total == 0:
         raise UserInputError("--transfer-steps and --distill-steps are both 0: nothing to do")
@@ -443,7 +445,6 @@ def build_student(config, teacher, resume_dir: Path | None):
 
 
 def run_distill(args: argparse.Namespace) -> dict | None:
-    import paddle.distributed as dist
 
     config = resolve_distill_config(args)
     output, is_main = begin_run(config)
@@ -460,16 +461,11 @@ def run_distill(args: argparse.Namespace) -> dict | None:
         dev = open_data(config.dev)
         check_data(teacher_config, teacher_dir, dev, config.dev)
         eval_sets = [PretrainingTask().eval_set("dev", config.dev, dev, None, masking)]
-    minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
-    if GlobalBatchSampler.batches_per_epoch(data.num_rows, config.batch_size, minimum_rows) == 0:
-        raise UserInputError(f"{config.data}: {data.num_rows} rows make no batch of {config.batch_size} "
-                             f"(lower --batch-size)")
+    check_batch_fits(data.num_rows, config, config.data)
     tokenizer = MobileBertTokenizer.from_pretrained(teacher_dir)
     last = output / "last"
     resume_dir = last if config.resume and (last / CHECKPOINT_STATE).is_file() else None
-    paddle.seed(config.seed)          # the student's initialisation: the same on every process
-    random.seed(config.seed)
-    np.random.seed(config.seed)
+    seed_initialisation(config.seed)
     teacher = build_teacher(teacher_config, teacher_state, teacher_dir)
     student = build_student(student_config, teacher, resume_dir)
     factors = TransferFactors(config.hidden_distill_factor, config.attention_distill_factor,
@@ -481,5 +477,5 @@ def run_distill(args: argparse.Namespace) -> dict | None:
                 schedule.steps_per_phase, schedule.kind, config.distill_steps)
     start_output(config, output, is_main)
     trainer = Trainer(task, config, student, tokenizer, data, eval_sets, output)
-    paddle.seed(config.seed + dist.get_rank())   # dropout: a different stream per process
+    seed_dropout(config.seed)
     return trainer.train(resume=config.resume)

@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import random
 from pathlib import Path
-
-import numpy as np
 
 from ..core import flags
 from ..core.errors import UserInputError
@@ -81,14 +78,11 @@ def add_training_arguments(parser: argparse.ArgumentParser,
 
 def resolve_run_config(args: argparse.Namespace) -> argparse.Namespace:
     """The flags plus the trainer's fixed values for pretraining (checked before any work)."""
-    from ..training.rundir import FP16_REFUSAL
+    from ..training.rundir import check_optimisation_flags     # Paddle: imported when a run starts
 
     if args.config is None and args.init_from is None:
         raise UserInputError("give --config PRESET|CONFIG.json (a new model) or --init-from DIR (or both)")
-    if args.amp == "fp16":
-        raise UserInputError(FP16_REFUSAL)
-    if args.min_lr > args.learning_rate:
-        raise UserInputError(f"--min-lr {args.min_lr} is above the peak --learning-rate {args.learning_rate}")
+    check_optimisation_flags(args)
     # warmup_ratio / decay_ratio: the schedule is set by --warmup-steps and decays over every step.
     return argparse.Namespace(**vars(args), warmup_ratio=0.0, decay_ratio=1.0)
 
@@ -160,13 +154,10 @@ def build_pretraining_model(config, init_from: str | None, resume_dir: Path | No
 # --------------------------------------------------------------------------------------------
 
 def run_pretrain(args: argparse.Namespace) -> dict | None:
-    import paddle
-    import paddle.distributed as dist
-
     from ..model.tokenizer import MobileBertTokenizer
     from ..training.checkpoint import CHECKPOINT_STATE
-    from ..training.rundir import begin_run, start_output
-    from ..training.trainer import GlobalBatchSampler, Trainer
+    from ..training.rundir import begin_run, check_batch_fits, seed_dropout, seed_initialisation, start_output
+    from ..training.trainer import Trainer
 
     config = resolve_run_config(args)
     output, is_main = begin_run(config)
@@ -174,21 +165,16 @@ def run_pretrain(args: argparse.Namespace) -> dict | None:
     model_config = start_config(config, data)
     task = PretrainingTask(MaskingSettings.from_args(config))
     eval_sets = [task.eval_set("dev", config.dev, open_data(config.dev), None, task.masking)] if config.dev else []
-    minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
-    if GlobalBatchSampler.batches_per_epoch(data.num_rows, config.batch_size, minimum_rows) == 0:
-        raise UserInputError(f"{config.data}: {data.num_rows} rows make no batch of {config.batch_size} "
-                             f"(lower --batch-size)")
+    check_batch_fits(data.num_rows, config, config.data)
     tokenizer = MobileBertTokenizer.from_pretrained(data.tokenizer_dir)
     last = output / "last"
     resume_dir = last if config.resume and (last / CHECKPOINT_STATE).is_file() else None
-    paddle.seed(config.seed)          # initialisation: the same on every process
-    random.seed(config.seed)
-    np.random.seed(config.seed)
+    seed_initialisation(config.seed)
     model = build_pretraining_model(model_config, config.init_from, resume_dir)
     logger.info("pretraining %s (%.1fM parameters) on %d rows of %s; dev: %s", PRETRAINING_HEAD,
                 sum(math.prod(param.shape) for param in model.parameters()) / 1e6, data.num_rows, config.data,
                 f"{eval_sets[0].rows['input_ids'].shape[0]} rows" if eval_sets else "none")
     start_output(config, output, is_main)
     trainer = Trainer(task, config, model, tokenizer, data, eval_sets, output)
-    paddle.seed(config.seed + dist.get_rank())   # dropout: a different stream per process
+    seed_dropout(config.seed)
     return trainer.train(resume=config.resume)

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 from pathlib import Path
 
 import numpy as np
-import paddle
-import paddle.distributed as dist
 
 from ..core import flags
-from ..core.errors import UserInputError
 from ..model.loading import load_pretrained
 from ..model.modeldir import check_label_count, load_tokenizer, resolve_source
 from ..tasks.base import Task, dev_sources, load_eval_sets, read_train_examples
@@ -28,8 +24,15 @@ from ..tasks.settings import (
     check_sequence_length,
 )
 from .checkpoint import RESUMABLE_HELP, read_checkpoint
-from .rundir import FP16_REFUSAL, begin_run, start_output
-from .trainer import GlobalBatchSampler, Trainer
+from .rundir import (
+    begin_run,
+    check_batch_fits,
+    check_optimisation_flags,
+    seed_dropout,
+    seed_initialisation,
+    start_output,
+)
+from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +93,7 @@ def resolve_config(args: argparse.Namespace, task: Task) -> argparse.Namespace:
                           ("null_score_diff_threshold", recipe.null_score_diff_threshold)):
         if getattr(config, name, None) is None:
             setattr(config, name, default)
-    if config.amp == "fp16":
-        raise UserInputError(FP16_REFUSAL)
-    if config.min_lr > config.learning_rate:
-        raise UserInputError(f"--min-lr {config.min_lr} is above the peak --learning-rate {config.learning_rate}")
+    check_optimisation_flags(config)
     return config
 
 
@@ -147,18 +147,13 @@ def run_finetune(args: argparse.Namespace) -> dict | None:
     source = start_source(config, output)
     tokenizer = check_start(config, source, task)
     rows, eval_sets, train_source = load_data(task, config, tokenizer)
-    minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
-    if GlobalBatchSampler.batches_per_epoch(len(rows["input_ids"]), config.batch_size, minimum_rows) == 0:
-        raise UserInputError(f"{train_source}: {len(rows['input_ids'])} training rows make no batch of "
-                             f"{config.batch_size} (lower --batch-size)")
-    paddle.seed(config.seed)          # head initialisation: the same on every process
-    random.seed(config.seed)
-    np.random.seed(config.seed)
+    check_batch_fits(len(rows["input_ids"]), config, train_source)
+    seed_initialisation(config.seed)
     model = load_start_model(task, source)
     start_output(config, output, is_main)
     trainer = Trainer(task, config, model, tokenizer, rows, eval_sets, output)
     if config.batch_size % (trainer.world_size * config.gradient_accumulation_steps):
         logger.warning("--batch-size %d is not a multiple of processes x accumulation steps (%d): slices differ by "
                        "a row", config.batch_size, trainer.world_size * config.gradient_accumulation_steps)
-    paddle.seed(config.seed + dist.get_rank())   # dropout: a different stream per process
+    seed_dropout(config.seed)
     return trainer.train(resume=config.resume)

@@ -5,9 +5,12 @@ process group, the bf16/fp16 checks, the run directory made or resumed and locke
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
+import paddle
 import paddle.distributed as dist
 
 from ..core.device import select_device
@@ -18,6 +21,7 @@ from ..core.files import (
     lock_directory,
     recover_directory,
 )
+from .trainer import GlobalBatchSampler
 
 FP16_REFUSAL = ("--amp fp16 is refused: MobileBERT's activations reach ~1e7, far beyond fp16's largest value "
                 "(65504), so they overflow to inf; use --amp bf16 (fp32's range) on a GPU, or the fp32 default")
@@ -83,3 +87,31 @@ def begin_run(config) -> tuple[Path, bool]:
     if dist.get_world_size() > 1:
         dist.barrier()   # rank 0 has recovered / cleaned the run dir
     return output, is_main
+
+
+def check_optimisation_flags(config) -> None:
+    """The checks across flags every training command makes before any work."""
+    if config.amp == "fp16":
+        raise UserInputError(FP16_REFUSAL)
+    if config.min_lr > config.learning_rate:
+        raise UserInputError(f"--min-lr {config.min_lr} is above the peak --learning-rate {config.learning_rate}")
+
+
+def check_batch_fits(num_rows: int, config, source) -> None:
+    """At least one global batch of --batch-size rows, each process's share split --gradient-accumulation-steps ways."""
+    minimum_rows = dist.get_world_size() * config.gradient_accumulation_steps
+    if GlobalBatchSampler.batches_per_epoch(num_rows, config.batch_size, minimum_rows) == 0:
+        raise UserInputError(f"{source}: {num_rows} training rows make no batch of {config.batch_size} "
+                             f"(lower --batch-size)")
+
+
+def seed_initialisation(seed: int) -> None:
+    """Before a model is built: the same initial weights on every process."""
+    paddle.seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def seed_dropout(seed: int) -> None:
+    """Before training: a different dropout stream per process."""
+    paddle.seed(seed + dist.get_rank())

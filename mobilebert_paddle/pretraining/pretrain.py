@@ -78,7 +78,7 @@ def add_training_arguments(parser: argparse.ArgumentParser,
 
 def resolve_run_config(args: argparse.Namespace) -> argparse.Namespace:
     """The flags plus the trainer's fixed values for pretraining (checked before any work)."""
-    from ..training.rundir import check_optimisation_flags     # Paddle: imported when a run starts
+    from ..training.rundir import check_optimisation_flags  # Paddle: imported when a run starts
 
     if args.config is None and args.init_from is None:
         raise UserInputError("give --config PRESET|CONFIG.json (a new model) or --init-from DIR (or both)")

@@ -273,11 +273,13 @@ def test_fuse_model_equals_eager_every_variant(variant, head):
     from mobilebert_paddle.model.config import MobileBertConfig
     from mobilebert_paddle.model.loading import build_model
     from mobilebert_paddle.model.modeldir import hf_to_paddle
+    from mobilebert_paddle.model.network import HEADS
 
     hf_model = make_hf_model(head, **VARIANTS[variant])
     config = MobileBertConfig.from_dict(hf_model.config.to_dict())
     config.architectures = [head]
-    state = hf_to_paddle({key: value.detach().numpy() for key, value in hf_model.state_dict().items()}, config)
+    state = hf_to_paddle({key: value.detach().numpy() for key, value in hf_model.state_dict().items()}, config,
+                         HEADS[head])
     model = build_model(config, state)
     model.load_converted_state_dict(state)
     fused = fuse_model(model)

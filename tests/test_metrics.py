@@ -168,7 +168,7 @@ def test_best_threshold_uses_raw_prediction_truthiness():
 
 def test_missing_prediction_scores_zero(caplog):
     dataset = squad_json([("q1", ["x"]), ("q2", ["y"]), ("q3", [])])
-    with caplog.at_level(logging.WARNING, logger="mobilebert_paddle.metrics"):
+    with caplog.at_level(logging.WARNING, logger="mobilebert_paddle.tasks.metrics"):
         result = squad_evaluate(dataset, {"q1": "x"}, {"q1": 0.5})
     assert "Missing prediction for q2" in caplog.text and "Missing prediction for q3" in caplog.text
     assert result["total"] == 3 and result["exact"] == pytest.approx(100 / 3)

@@ -416,6 +416,8 @@ INLINE_COVERAGE = {
     "python -m mobilebert_paddle ...": "tests/test_cli_errors.py (every case runs `python -m mobilebert_paddle`)",
     "visualdl --logdir runs/squad1/vdl": "test_visualdl_logdir_holds_the_runs_scalars",
     "pip install -e .": "set-up (CI)",
+    'python -m pytest -q -m "not slow"': "the fast tier (the same tests CI runs, minus the slow ones)",
+    "python -m pytest -rs": "the test command itself, with the skip report (CI)",
 }
 
 

@@ -61,7 +61,8 @@ def run_cli(argv, env=None, **options) -> subprocess.CompletedProcess:
 # other commands can be tried while it runs.
 SLOW_STEPS = (
     "import sys, time\n"
-    "from mobilebert_paddle import cli, train\n"
+    "from mobilebert_paddle import cli\n"
+    "from mobilebert_paddle.training import trainer\n"
     "step = trainer.Trainer.train_step\n"
     "trainer.Trainer.train_step = lambda self, *args: (time.sleep(1.0), step(self, *args))[1]\n"
     "raise SystemExit(cli.main(sys.argv[1:]))\n")

@@ -310,7 +310,7 @@ def test_bad_file_is_user_input_error(tmp_path, content, message):
 def test_misaligned_answer_skipped_in_training_kept_in_evaluation(tmp_path, caplog):
     path = write_squad(tmp_path, toy_dataset(qa={"answers": [{"text": "Paris", "answer_start": 3}]}))
     assert [ex.id for ex in read_squad(path)] == ["q1", "q2"]          # evaluation: texts are what count
-    with caplog.at_level(logging.WARNING, logger="mobilebert_paddle.squad"):
+    with caplog.at_level(logging.WARNING, logger="mobilebert_paddle.tasks.squad"):
         examples = read_squad(path, training=True)
     assert [ex.id for ex in examples] == ["q2"] and examples.skipped_ids == ["q1"]
     assert f"{path}: skipped 1 of 2 training questions" in caplog.text and "q1" in caplog.text

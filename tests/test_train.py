@@ -314,15 +314,16 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(resume_case):
 
 KILL_IN_SECOND_CHECKPOINT = textwrap.dedent("""
     import os, signal, sys
-    from mobilebert_paddle import cli, train
+    from mobilebert_paddle import cli
+    from mobilebert_paddle.training import trainer
     writes = []
-    original = train.optimizer_state_by_name
+    original = trainer.optimizer_state_by_name
     def dies_in_second_checkpoint(optimizer, model):
         writes.append(1)
         if len(writes) == 2:                  # model files already staged, optimizer and state not yet
             os.kill(os.getpid(), signal.SIGKILL)
         return original(optimizer, model)
-    train.optimizer_state_by_name = dies_in_second_checkpoint
+    trainer.optimizer_state_by_name = dies_in_second_checkpoint
     raise SystemExit(cli.main(sys.argv[1:]))
 """)
 

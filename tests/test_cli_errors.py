@@ -28,6 +28,9 @@ from typing import NamedTuple
 import pytest
 from tiny_tasks import make_tiny_model_dir, make_tokenizer, write_colour_pairs, write_marker_squad, write_mnli_dev
 
+# Every case through the real CLI in a subprocess: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 class Case(NamedTuple):
     id: str

@@ -159,6 +159,7 @@ def test_one_weight_off_by_one_percent_fails(key, qa_pair, tmp_path, capsys):
     assert "ABOVE TOLERANCE" in stderr and "FAIL" in stderr
 
 
+@pytest.mark.slow
 def test_exit_code_1_from_the_real_cli(qa_pair, tmp_path):
     hf_dir, paddle_dir = qa_pair
     shutil.copytree(paddle_dir, tmp_path / "perturbed")

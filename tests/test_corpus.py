@@ -232,6 +232,7 @@ def peak_rss_mb(argv: list[str], tmp_path: Path) -> float:
     return int(peak_file.read_text()) / 1024
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_corpus(squad_articles, tokenizer_dir, tmp_path):
     """A 16 MB corpus (~3.3M tokens) costs no more memory than a 1.6 MB one, within a 4 MB cap
     that is a quarter of the corpus: holding its token ids alone would take 6.6 MB, its text

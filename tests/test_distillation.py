@@ -368,6 +368,7 @@ def same(first: dict, second: dict) -> bool:
     return first.keys() == second.keys() and all(np.array_equal(first[name], second[name]) for name in first)
 
 
+@pytest.mark.slow
 def test_google_schedule_gates(corpus, teacher, tmp_path, monkeypatch):
     """2 layers x 4 transfer steps, then 4 distillation steps, weights kept after each phase."""
     snapshots = run_recording_weights(distill_argv(corpus, teacher, tmp_path / "run", 8, 4, "--logging-steps", 4),
@@ -396,6 +397,7 @@ def test_google_schedule_gates(corpus, teacher, tmp_path, monkeypatch):
     assert not set(transfer_parts) & set(lines[2]) and "masked_lm_loss" in lines[2]
 
 
+@pytest.mark.slow
 def test_freeze_schedule_keeps_earlier_layers(corpus, teacher, tmp_path, monkeypatch):
     argv = distill_argv(corpus, teacher, tmp_path / "run", 8, 0, "--layer-schedule", "freeze", "--logging-steps", 4)
     snapshots = run_recording_weights(argv, monkeypatch, every=4)
@@ -408,6 +410,7 @@ def test_freeze_schedule_keeps_earlier_layers(corpus, teacher, tmp_path, monkeyp
         assert same(group_of(phase1, group), group_of(start, group)), group
 
 
+@pytest.mark.slow
 def test_distilled_student_beats_scratch_student_at_equal_steps(corpus, teacher, tmp_path, capsys):
     """Held-out masked-LM accuracy after 200 student steps: distilled (2 x 50 transfer + 100
     distillation) against the same student pretrained from scratch for 200 steps."""
@@ -448,6 +451,7 @@ def kill_once_saved(process: subprocess.Popen, checkpoint, minimum_step: int) ->
     return json.loads(checkpoint.read_text())["state"]["step"]
 
 
+@pytest.mark.slow
 def test_sigkill_in_each_stage_then_resume_equals_uninterrupted_run(corpus, teacher, tmp_path):
     """12 transfer + 12 distillation steps with attention dropout, last/ every 2 steps: killed in
     stage 1, resumed, killed in stage 2, resumed: the same weights and log as one run."""
@@ -467,6 +471,7 @@ def test_sigkill_in_each_stage_then_resume_equals_uninterrupted_run(corpus, teac
     assert metric_lines(run) == metric_lines(reference)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_in_both_stages(corpus, teacher, tmp_path):
     """2 processes (DataParallel looking for the parameters a transfer phase leaves without a
     gradient) equal, bit for bit, 1 process splitting each global batch the same way."""

@@ -23,6 +23,9 @@ import numpy as np
 import pytest
 from tiny_tasks import make_tiny_model_dir, max_relative_difference, model_weights, subprocess_env, write_colour_pairs
 
+# Every case through the real CLI in a subprocess: the slow tier.
+pytestmark = pytest.mark.slow
+
 LAUNCH_ENTRY = "from mobilebert_paddle.cli import main\nraise SystemExit(main())\n"
 
 

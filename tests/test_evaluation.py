@@ -148,6 +148,7 @@ def test_other_backends_plug_in_through_load_predictor(qa_run, tmp_path, capsys,
     assert summary["metrics"] == {key: value for key, value in recorded.items() if key != "step"}
 
 
+@pytest.mark.slow
 def test_evaluate_on_openvino_scores_as_eager(qa_run, tmp_path, capsys):
     """`evaluate --backend openvino` on the trained model dir (exported to OpenVINO IR in memory,
     run in float32): the same metrics and predictions training recorded with eager Paddle."""

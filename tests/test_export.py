@@ -136,6 +136,7 @@ def test_int8_runs(tmp_path, model_dirs, eager, fuse):
 # OpenVINO
 # ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fuse", [False, True])
 def test_openvino_export_equals_eager_in_float32(tmp_path, model_dirs, eager, fuse):
     """OpenVINO IR, run with INFERENCE_PRECISION_HINT f32 (OpenVINO's default on CPUs with
@@ -150,6 +151,7 @@ def test_openvino_export_equals_eager_in_float32(tmp_path, model_dirs, eager, fu
     assert_equal_to_eager(predictor, eager[QA], predictor.config.vocab_size)
 
 
+@pytest.mark.slow
 def test_openvino_runs_onnx_exports_and_model_dirs(tmp_path, model_dirs, eager):
     """--backend openvino on an ONNX export (read by OpenVINO's ONNX frontend), and on a model
     dir (exported to OpenVINO IR in memory), classification head included."""
@@ -165,6 +167,7 @@ def test_openvino_runs_onnx_exports_and_model_dirs(tmp_path, model_dirs, eager):
         load_predictor(tmp_path / "onnx", "paddle")
 
 
+@pytest.mark.slow
 def test_openvino_large_batch_split_across_streams_equals_eager(model_dirs, eager):
     """Batches of >= SPLIT_MIN_TOKENS tokens run as one chunk per thread on single-threaded
     streams, uneven chunks included (41 rows over 2 threads)."""
@@ -179,6 +182,7 @@ def test_openvino_large_batch_split_across_streams_equals_eager(model_dirs, eage
         assert got.shape == want.shape and relative_error(got, want) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_openvino_compiles_repeated_shapes_for_their_exact_shape(tmp_path, model_dirs, eager):
     """A shape seen STATIC_AFTER times gets a compilation of its own (split batches included),
     equal to eager; only the STATIC_KEEP most recent are kept; the untuned (peer) predictor
@@ -211,6 +215,7 @@ def test_openvino_compiles_repeated_shapes_for_their_exact_shape(tmp_path, model
     assert list(untuned._dynamic) == [1] and not untuned._static
 
 
+@pytest.mark.slow
 def test_openvino_static_int8_keeps_the_head_in_float(tmp_path, eager):
     """NNCF int8 calibrated on windows of a SQuAD file: the backbone matmuls read int8
     (FakeQuantize) inputs, the QA head reads float; runs at any shape. Accuracy is judged on a
@@ -488,6 +493,7 @@ def test_model_flops_full_size_matches_issue():
         assert abs(total - attention - head - linears) / linears < 0.005
 
 
+@pytest.mark.slow
 def test_gemm_bound_counts_what_bench_counts():
     """benchmarks/gemm_bound.py (the README's bound on the float32 floor) times the same matmuls
     bench.model_flops counts: every encoder Linear per token and both attention products."""
@@ -509,6 +515,7 @@ def test_gemm_bound_counts_what_bench_counts():
     assert rates[(2, 16, 8, 4)] > 0
 
 
+@pytest.mark.slow
 def test_bench_smoke(tmp_path, model_dirs, capfd):
     code = cli.main(["bench", "--model", str(model_dirs[QA]), "--batch", "2", "--seq", "8,16", "--runs", "2",
                      "--warmup", "1", "--pause", "0", "--backends", "torch,paddle-eager,onnx-fused",
@@ -533,6 +540,7 @@ def test_bench_bad_backend(tmp_path, model_dirs, capfd):
     assert not (tmp_path / "bench").exists()
 
 
+@pytest.mark.slow
 def test_bench_peers_smoke(tmp_path, model_dirs, capfd):
     """--peers adds the HF-export peers; every row has its ratio to the best peer of its own
     precision, and the float32 paths (ours and the peers) equal PyTorch."""

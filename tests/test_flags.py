@@ -108,6 +108,7 @@ def test_bounds_are_inclusive_or_exclusive_as_named():
     assert math.isfinite(flags.number(above=0)("1e300"))
 
 
+@pytest.mark.slow
 def test_through_the_real_cli_each_command_refuses_nan_in_one_line(tmp_path):
     """One subprocess per command (the user's environment): exit 2, one stderr line, nothing written."""
     first_flag = {}

@@ -30,6 +30,9 @@ from typing import NamedTuple
 import pytest
 from tiny_tasks import TINY_CONFIG, VOCAB, make_tiny_model_dir, make_tokenizer, write_colour_pairs, write_marker_squad
 
+# Every case through the real CLI in a subprocess: the slow tier.
+pytestmark = pytest.mark.slow
+
 PARALLEL = 4
 TIMEOUT = 120
 QUESTION = ["--question", "what follows m2 ?", "--context", "w1 m2 w3 w4"]

@@ -116,6 +116,7 @@ def most_frequent_token_accuracy(dev: Path, seed: int, max_predictions: int) -> 
     return Counter(labels.tolist()).most_common(1)[0][1] / len(labels)
 
 
+@pytest.mark.slow
 def test_pretraining_learns_held_out_masked_tokens(learned, corpus):
     baseline = most_frequent_token_accuracy(corpus["dev"], seed=42, max_predictions=10)
     evals = [line for line in metric_lines(learned) if line["kind"] == "eval"]
@@ -137,6 +138,7 @@ def test_pretraining_learns_held_out_masked_tokens(learned, corpus):
     assert (learned / "best" / "vocab.txt").read_bytes() == (corpus["tokenizer"] / "vocab.txt").read_bytes()
 
 
+@pytest.mark.slow
 def test_evaluate_pretraining_reproduces_the_training_evaluation(learned, corpus, tmp_path, capsys):
     """`evaluate pretraining` takes the masking stored in config.json: the same dev masks, the same numbers."""
     code, summary, err = run_cli(capsys, ["evaluate", "pretraining", "--model", learned / "best",
@@ -173,6 +175,7 @@ def cli_subprocess(argv, **options) -> subprocess.CompletedProcess:
                           text=True, env=subprocess_env(), timeout=600, **options)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_bit_identical_weights(corpus, tmp_path):
     """LAMB moments, the schedule, the RNG (dropout on) and the masks drawn per step all resume."""
     config = tmp_path / "dropout.json"
@@ -218,6 +221,7 @@ def launch(argv: list, processes: int, log_dir: Path) -> subprocess.CompletedPro
                           env=subprocess_env(), timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["lamb", "adamw"])
 def test_two_gloo_processes_equal_one_process(corpus, tmp_path, optimizer):
     """As tests/test_distributed.py: 2 processes equal, bit for bit, 1 process splitting each

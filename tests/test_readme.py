@@ -445,6 +445,7 @@ def test_lines_covered_elsewhere_have_their_test_files():
     assert not missing, f"README lines are said to be covered by test files that do not exist: {missing}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [command for command in readme_commands()
                                      if COVERAGE.get(signature(command), NOT_RUN).runs_in_walkthrough])
 def test_readme_command_runs(command, walkthrough):
@@ -488,6 +489,7 @@ def test_console_script_runs_under_the_launcher_interpreter():
     assert completed.returncode == 0 and "finetune" in completed.stdout + completed.stderr
 
 
+@pytest.mark.slow
 def test_python_snippet_runs_on_a_fine_tuned_qa_model(walkthrough):
     """The README's Python block, verbatim, in the walk-through's directory (runs/squad1/best)."""
     (snippet,) = fenced_blocks("python")

@@ -29,6 +29,9 @@ from mobilebert_paddle import cli
 from mobilebert_paddle.core import errors
 from mobilebert_paddle.training import checkpoint as train
 
+# Every case through the real CLI in a subprocess: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:

@@ -172,6 +172,7 @@ def test_rng_states_round_trip_through_json():
 # Learning, not just running
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_learns_synthetic_question_answering(base_model, tmp_path, capsys):
     """Two markers per context, the question names one: EM >= 80 needs reading the question."""
     train_file = write_marker_squad(tmp_path / "train.json", 2000, seed=1)
@@ -188,6 +189,7 @@ def test_learns_synthetic_question_answering(base_model, tmp_path, capsys):
     assert evals[0]["exact"] < 80 <= max(entry["exact"] for entry in evals)   # it got there by training
 
 
+@pytest.mark.slow
 def test_learns_synthetic_pair_classification(base_model, pair_data, tmp_path, capsys):
     train_file, dev_file = pair_data
     code, summary, err = run_cli(capsys, [
@@ -292,6 +294,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
         json.loads((reference / "best" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(resume_case):
     root, argv, reference = resume_case
     run = root / "killed"
@@ -328,6 +331,7 @@ KILL_IN_SECOND_CHECKPOINT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(resume_case):
     from mobilebert_paddle.model.network import MobileBertForSequenceClassification
 
@@ -413,6 +417,7 @@ def test_non_finite_weights_are_never_saved(base_model):
 # Real data: finetune squad2 writes everything
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_finetune_squad2_on_real_data_writes_every_output(shared_data, bert_vocab_file, tmp_path, capsys):
     from tiny_tasks import TINY_CONFIG
 

@@ -106,14 +106,14 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     if target.is_symlink():   # replace what the link points to; the link itself stays
         target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent):
+    with _locked(target.parent):               # another writer's cleaning cannot see ours unlocked
         recover_directory(target)
         remove_stale_staging(target)           # left by a writer that was killed
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    os.chmod(staging, _default_mode(directory=True))
-    staging_lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(staging_lock, fcntl.LOCK_EX)   # ours until we end: remove_stale_staging leaves it alone
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        staging_lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(staging_lock, fcntl.LOCK_EX)   # ours until we end: remove_stale_staging leaves it alone
     try:
+        os.chmod(staging, _default_mode(directory=True))
         yield staging
         with _locked(target.parent):   # two writers of one target swap in turn, the last one wins
             recover_directory(target)

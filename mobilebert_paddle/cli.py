@@ -32,6 +32,7 @@ class Command(NamedTuple):
     add_arguments: str
     run: str
     help: str
+    uses_paddle: bool = True    # Paddle is imported before the signal handlers go in (signals_interrupt)
 
 
 COMMANDS: dict[str, Command] = {
@@ -50,9 +51,10 @@ COMMANDS: dict[str, Command] = {
     "export": Command("mobilebert_paddle.inference.export", "add_arguments", "run",
                       "export a static Paddle inference model or ONNX (optionally fused / int8)"),
     "squad-eval": Command("mobilebert_paddle.tasks.metrics", "add_squad_eval_arguments", "run_squad_eval",
-                          "drop-in for the official SQuAD v1.1/v2.0 evaluation script"),
+                          "drop-in for the official SQuAD v1.1/v2.0 evaluation script", uses_paddle=False),
     "pretrain-data": Command("mobilebert_paddle.pretraining.corpus", "add_arguments", "run",
-                             "raw text (one sentence a line, blank line between documents) -> token shards for pretrain"),
+                             "raw text (one sentence a line, blank line between documents) -> token shards for pretrain",
+                             uses_paddle=False),
     "pretrain": Command("mobilebert_paddle.pretraining.pretrain", "add_pretrain_arguments", "run_pretrain",
                         "pretrain a model (IB-BERT teacher or any config) on masked LM + next sentence prediction"),
     "distill": Command("mobilebert_paddle.pretraining.distillation", "add_distill_arguments", "run_distill",
@@ -109,9 +111,17 @@ def paddle_thread_advice_dropped():
 
 
 @contextlib.contextmanager
-def signals_interrupt():
+def signals_interrupt(uses_paddle: bool = True):
     """SIGINT and SIGTERM raise errors.Interrupted, so that `finally` blocks run (atomic writes clean
-    up their staging) and the command ends with one line instead of a silent exit 143."""
+    up their staging) and the command ends with one line instead of a silent exit 143.
+
+    `import paddle` installs Paddle's own C++ handler for SIGTERM (a stack dump, then death by the
+    signal) over the one Python installed, without Python knowing: a command importing Paddle
+    after these handlers went in would die silently with -15. So Paddle is imported first."""
+    if uses_paddle:
+        with contextlib.suppress(ImportError):
+            import paddle  # noqa: F401
+
     def interrupt(signal_number, frame):
         raise Interrupted(signal.Signals(signal_number).name, 128 + signal_number)
 
@@ -166,7 +176,7 @@ def run_command(argv: list[str]) -> int:
         parser.print_help(sys.stderr)
         return 2
     command = COMMANDS[args.command]
-    with logs_held_until_inputs_accepted() as held_logs, signals_interrupt():
+    with logs_held_until_inputs_accepted() as held_logs, signals_interrupt(command.uses_paddle):
         try:
             summary = getattr(importlib.import_module(command.module), command.run)(args)
         except UserInputError as error:
@@ -180,8 +190,8 @@ def run_command(argv: list[str]) -> int:
         except OSError as error:
             if error.errno not in DISK_FULL:
                 raise
-            print(f"mobilebert {args.command}: error: {error.filename or 'output'}: cannot write "
-                  f"({error.strerror})", file=sys.stderr)
+            where = error.filename or getattr(args, "output", None) or "the output"
+            print(f"mobilebert {args.command}: error: {where}: cannot write ({error.strerror})", file=sys.stderr)
             return UserInputError.exit_code
     exit_code = 0
     if isinstance(summary, tuple):  # (summary, exit code), e.g. `compare` above its tolerance

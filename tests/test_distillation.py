@@ -371,7 +371,8 @@ def same(first: dict, second: dict) -> bool:
 @pytest.mark.slow
 def test_google_schedule_gates(corpus, teacher, tmp_path, monkeypatch):
     """2 layers x 4 transfer steps, then 4 distillation steps, weights kept after each phase."""
-    snapshots = run_recording_weights(distill_argv(corpus, teacher, tmp_path / "run", 8, 4, "--logging-steps", 4),
+    snapshots = run_recording_weights(distill_argv(corpus, teacher, tmp_path / "run", 8, 4, "--logging-steps", 4,
+                                                   "--warmup-steps", 1),
                                       monkeypatch, every=4)
     start, phase0, phase1, distilled = snapshots[0], snapshots[4], snapshots[8], snapshots[12]
     teacher_weights = model_weights(teacher["dir"])
@@ -475,7 +476,7 @@ def test_sigkill_in_each_stage_then_resume_equals_uninterrupted_run(corpus, teac
 def test_two_gloo_processes_equal_one_process_in_both_stages(corpus, teacher, tmp_path):
     """2 processes (DataParallel looking for the parameters a transfer phase leaves without a
     gradient) equal, bit for bit, 1 process splitting each global batch the same way."""
-    argv = [arg for arg in distill_argv(corpus, teacher, "OUT", 4, 2, "--logging-steps", 1)]
+    argv = [arg for arg in distill_argv(corpus, teacher, "OUT", 4, 2, "--logging-steps", 1, "--warmup-steps", 1)]
 
     def with_output(output):
         return [output if arg == "OUT" else arg for arg in argv]

@@ -226,7 +226,8 @@ def launch(argv: list, processes: int, log_dir: Path) -> subprocess.CompletedPro
 def test_two_gloo_processes_equal_one_process(corpus, tmp_path, optimizer):
     """As tests/test_distributed.py: 2 processes equal, bit for bit, 1 process splitting each
     global batch the same way (accumulation 2); and 1 process without the split to rounding."""
-    argv = pretrain_argv(corpus, "OUT", "--max-steps", 6, "--logging-steps", 1, "--optimizer", optimizer)
+    argv = pretrain_argv(corpus, "OUT", "--max-steps", 6, "--warmup-steps", 2, "--logging-steps", 1,
+                         "--optimizer", optimizer)
 
     def with_output(output):
         return [output if arg == "OUT" else arg for arg in argv]
@@ -254,8 +255,8 @@ def test_two_gloo_processes_equal_one_process(corpus, tmp_path, optimizer):
 # --------------------------------------------------------------------------------------------
 
 def test_init_from_continues_from_a_model_dir(learned, corpus, tmp_path, capsys):
-    code, summary, err = run_cli(capsys, pretrain_argv(corpus, tmp_path / "more", "--max-steps", 2) +
-                                 ["--init-from", learned / "best"])
+    code, summary, err = run_cli(capsys, pretrain_argv(corpus, tmp_path / "more", "--max-steps", 2, "--warmup-steps", 1)
+                                 + ["--init-from", learned / "best"])
     assert code == 0, err
     config = json.loads((tmp_path / "more" / "best" / "config.json").read_text())
     assert config["hidden_size"] == TINY["hidden_size"]
@@ -264,7 +265,8 @@ def test_init_from_continues_from_a_model_dir(learned, corpus, tmp_path, capsys)
 def test_config_disagreeing_with_init_from_is_one_line(learned, corpus, tmp_path, capsys):
     wider = tmp_path / "wider.json"
     wider.write_text(json.dumps({**json.loads(corpus["config"].read_text()), "intermediate_size": 128}))
-    argv = pretrain_argv(corpus, tmp_path / "run", "--max-steps", 2) + ["--init-from", learned / "best"]
+    argv = pretrain_argv(corpus, tmp_path / "run", "--max-steps", 2, "--warmup-steps", 1) + ["--init-from",
+                                                                                              learned / "best"]
     argv[argv.index("--config") + 1] = wider
     code, _, err = run_cli(capsys, argv)
     assert code == 2 and "disagrees with --init-from" in err and "intermediate_size 128 vs 64" in err

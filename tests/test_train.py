@@ -531,26 +531,32 @@ def test_help_lists_every_hyperparameter_with_its_default(capsys):
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
-def test_reset_optimizer_state_equals_a_new_optimizer(optimizer):
-    """Distillation's stage 2 restarts the moments in place; the updates after it are bit-identical
-    to those of a new optimizer (whose accumulators Paddle would name differently)."""
+def test_a_restarted_optimizer_is_saved_under_the_names_a_resumed_run_loads(optimizer):
+    """Distillation's stage 2 starts a new optimizer (Paddle names its accumulators "_moment1_1");
+    its checkpoint is saved under the first optimizer's names, which the one optimizer of a resumed
+    process loads; the updates after that are bit-identical to the uninterrupted ones."""
     from types import SimpleNamespace
 
     config = SimpleNamespace(optimizer=optimizer, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999,
                              adam_epsilon=1e-6)
     paddle.seed(0)
-    used, fresh = paddle.nn.Linear(3, 2), paddle.nn.Linear(3, 2)
-    used_optimizer, inputs = optim.build_optimizer(used, 1e-2, config), paddle.randn([4, 3])
-    for _ in range(3):
-        used(inputs).sum().backward()
-        used_optimizer.step()
-        used_optimizer.clear_grad()
-    fresh.set_state_dict(used.state_dict())
-    fresh_optimizer = optim.build_optimizer(fresh, 1e-2, config)
-    optim.reset_optimizer_state(used_optimizer)
-    for _ in range(3):
-        for model, model_optimizer in ((used, used_optimizer), (fresh, fresh_optimizer)):
-            (model(inputs) ** 2).sum().backward()
-            model_optimizer.step()
-            model_optimizer.clear_grad()
-    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(used.parameters(), fresh.parameters()))
+    model, resumed = paddle.nn.Linear(3, 2), paddle.nn.Linear(3, 2)
+    inputs = paddle.randn([4, 3])
+
+    def steps(layer, layer_optimizer, count):
+        for _ in range(count):
+            (layer(inputs) ** 2).sum().backward()
+            layer_optimizer.step()
+            layer_optimizer.clear_grad()
+
+    steps(model, optim.build_optimizer(model, 1e-2, config), 2)
+    restarted = optim.build_optimizer(model, 1e-2, config)            # the restart
+    steps(model, restarted, 2)
+    saved = train.optimizer_state_by_name(restarted, model)
+    assert saved and all(key.endswith("_0") for key in saved), sorted(saved)
+    resumed.set_state_dict(model.state_dict())
+    resumed_optimizer = optim.build_optimizer(resumed, 1e-2, config)
+    train.load_optimizer_state(resumed_optimizer, resumed, saved, {"last_epoch": 0, "last_lr": 1e-2}, Path("last"))
+    steps(model, restarted, 2)
+    steps(resumed, resumed_optimizer, 2)
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.parameters(), resumed.parameters()))

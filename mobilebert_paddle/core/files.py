@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .errors import UserInputError
 
@@ -99,17 +99,21 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     place, so an interruption leaves a complete directory at `target` or at `target.old`
     (which `recover_directory` puts back). A symlinked `target` is written through to the
     directory it points to. Concurrent writers of one target take turns at the swap (a lock
-    on the parent directory), and a failed swap removes its staging directory.
+    on the parent directory), and a failed swap removes its staging directory; the staging
+    directory of a writer that was killed is removed by the next writer (remove_stale_staging).
     """
     target = Path(target)
     if target.is_symlink():   # replace what the link points to; the link itself stays
         target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent):
+    with _locked(target.parent):               # another writer's cleaning cannot see ours unlocked
         recover_directory(target)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    os.chmod(staging, _default_mode(directory=True))
+        remove_stale_staging(target)           # left by a writer that was killed
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        staging_lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(staging_lock, fcntl.LOCK_EX)   # ours until we end: remove_stale_staging leaves it alone
     try:
+        os.chmod(staging, _default_mode(directory=True))
         yield staging
         with _locked(target.parent):   # two writers of one target swap in turn, the last one wins
             recover_directory(target)
@@ -121,6 +125,8 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(staging_lock)
 
 
 @contextlib.contextmanager
@@ -258,15 +264,60 @@ def bounded_lines(handle, path: Path, max_chars: int = MAX_LINE_CHARS) -> Iterat
         yield line
 
 
-def check_separate_dirs(source: str | os.PathLike, output: str | os.PathLike, what: str = "the output",
-                        source_label: str = "the source directory") -> None:
-    """Refuse an output directory equal to, inside or holding the source: replacing it whole
-    would delete the user's files (symlinks and '..' are resolved first)."""
-    source_path, output_path = Path(source).resolve(), Path(output).resolve()
-    if output_path == source_path:
-        raise UserInputError(f"{output}: {what} is {source_label} itself ({source}); choose another directory")
-    if source_path in output_path.parents:
-        raise UserInputError(f"{output}: {what} is inside {source_label} {source}; choose a directory outside it")
-    if output_path in source_path.parents:
-        raise UserInputError(f"{output}: {what} holds {source_label} {source}, and would be replaced whole; "
-                             "choose another directory")
+def check_separate_dirs(inputs, output: str | os.PathLike, what: str = "the output",
+                        source_label: str = "the source directory", *, output_may_be_inside: bool = False) -> None:
+    """The one check that a command does not replace (or delete) its own inputs: refuse an
+    output directory that is an input, lies inside an input directory, or holds an input (a
+    file or a directory), since writing it replaces it whole. Symlinks and '..' are resolved first.
+
+    `inputs` is one path (named `source_label`), or every input the command reads as a mapping
+    {label: path or None} or a list of (label, path or None) pairs, e.g. {"--teacher": ...,
+    "--data": ..., "--dev": None}; labels are what the user typed, so the message names the flag. `output_may_be_inside`: writing into a
+    subdirectory of an input does not touch it (a run dir inside a data dir), so only an input
+    inside the output (or equal to it) is refused."""
+    if isinstance(inputs, Mapping):
+        named = list(inputs.items())
+    else:
+        named = list(inputs) if isinstance(inputs, list) else [(source_label, inputs)]
+    output_path = Path(output).resolve()
+    for label, source in named:
+        if source is None:
+            continue
+        source_path = Path(source).resolve()
+        if output_path == source_path:
+            raise UserInputError(f"{output}: {what} is {label} itself ({source}); choose another directory")
+        if output_path in source_path.parents:
+            raise UserInputError(f"{output}: {what} holds {label} {source}, and would be replaced whole; "
+                                 "choose another directory")
+        if source_path in output_path.parents and not output_may_be_inside:
+            raise UserInputError(f"{output}: {what} is inside {label} {source}; choose a directory outside it")
+
+
+def remove_stale_staging(target: str | os.PathLike) -> None:
+    """Delete the staging directories `atomic_directory(target)` left when its process was killed
+    (`.NAME.*.tmp` beside the target). A live writer holds a lock on its staging directory, so only
+    those nobody holds are removed: a concurrent writer's work is never touched."""
+    target = Path(target)
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    for staging in parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+        if not staging.is_dir() or staging.is_symlink():
+            continue
+        try:
+            descriptor = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)          # held: a writer is alive
+            continue
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(descriptor)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)

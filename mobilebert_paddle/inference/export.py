@@ -184,10 +184,10 @@ def library_versions(export_format: str) -> dict:
     return versions
 
 
-def check_output_dir(output: Path, source: Path) -> None:
-    """Refuse, before any work, an output that cannot be written or would replace something
-    that is not an export (the whole directory is replaced)."""
-    check_separate_dirs(source, output, "--output", "the model directory")
+def check_output_dir(output: Path, source: Path, calibration_data: "str | os.PathLike | None" = None) -> None:
+    """Refuse, before any work, an output that cannot be written, would replace something that is
+    not an export, or holds an input (the whole directory is replaced)."""
+    check_separate_dirs({"the model directory": source, "--calibration-data": calibration_data}, output, "--output")
     if output.exists() and not output.is_dir():
         raise UserInputError(f"{output}: --output exists and is not a directory")
     if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
@@ -237,7 +237,7 @@ def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike"
     source, output = Path(model_dir), Path(output_dir)
     if not source.is_dir():
         raise UserInputError(f"{source}: no such model directory")
-    check_output_dir(output, source)
+    check_output_dir(output, source, calibration_data)
     started = time.perf_counter()
     model, config = load_eager_model(source)
     reference = EagerPredictor(model, config, source)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -264,6 +265,7 @@ class OpenVinoPredictor(Predictor):
         self.precision = precision
         self.tuned = tuned
         self.core = openvino_core()
+        check_openvino_xml(Path(model_path))
         self.model = self.core.read_model(str(model_path))
         self.compiled = self.core.compile_model(self.model, "CPU", openvino_settings(self.threads, precision))
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
@@ -382,10 +384,38 @@ def load_exported(directory: Path, manifest: dict, threads: Optional[int] = None
     except UserInputError:
         raise
     except Exception as error:  # onnxruntime / Paddle Inference / OpenVINO raise their own types for bad files
-        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        reason = error_reason(error)
         raise UserInputError(f"{shown_files}: unreadable {backend} model (truncated or corrupt?): "
                              f"{reason[:160]}") from None
     return predictor
+
+
+def check_openvino_xml(path: Path) -> None:
+    """model.xml must be an OpenVINO IR (XML whose root is <net>) before OpenVINO reads it: given
+    anything else, OpenVINO tries every frontend it has (TensorFlow's prints absl log lines) and
+    fails with a message naming a line of its own source, not the file's problem."""
+    import xml.etree.ElementTree as ElementTree
+
+    if path.suffix != ".xml":
+        return                      # an ONNX file, read by OpenVINO's ONNX frontend
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise UserInputError(f"{path}: unreadable openvino model (truncated or corrupt?): not valid XML "
+                             f"({error})") from None
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot read the model ({error.strerror or error})") from None
+    if root.tag != "net":
+        raise UserInputError(f"{path}: unreadable openvino model: not an OpenVINO IR (root element <{root.tag}>, "
+                             "expected <net>)")
+
+
+def error_reason(error: Exception) -> str:
+    """The informative line of a backend's exception (OpenVINO's first line only says where in its
+    source it was thrown: "Exception from src/inference/src/cpp/core.cpp:84:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not re.fullmatch(r"Exception from \S+:\d+:?", line)]
+    return (useful or lines or [type(error).__name__])[0]
 
 
 def read_model_bytes(path: Path) -> bytes:

@@ -151,6 +151,7 @@ class MobileBertTokenizer:
             raise UserInputError(f"{path}: not a valid tokenizer.json ({str(error).splitlines()[0]})") from None
         if backend.get_vocab_size(with_added_tokens=True) == 0:
             raise UserInputError(f"{path}: the vocabulary is empty")
+        check_contiguous_ids(backend.get_vocab(with_added_tokens=True), path)
         normalizer = json.loads(backend.to_str()).get("normalizer") or {}
         tokenizer = cls.__new__(cls)
         tokenizer._attach(
@@ -329,6 +330,17 @@ class MobileBertTokenizer:
     def __repr__(self) -> str:
         return (f"MobileBertTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
                 f"strip_accents={self.strip_accents}, tokenize_chinese_chars={self.tokenize_chinese_chars})")
+
+
+def check_contiguous_ids(vocab: Mapping[str, int], path: Path) -> None:
+    """Ids 0..N-1, one a token: what vocab.txt, the embeddings and the shards' dtype assume (a gap
+    or a huge id would overflow the shards' ids, or fail only once a whole corpus is written)."""
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        first = next((index for index, value in enumerate(ids) if value != index), len(ids))
+        found = ids[first] if first < len(ids) else None
+        raise UserInputError(f"{path}: token ids must be 0..{len(ids) - 1}, one a token; id {first} is missing"
+                             + (f" (the next id is {found})" if found is not None else ""))
 
 
 def _token_content(token: Any, where: str) -> str:

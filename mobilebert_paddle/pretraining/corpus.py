@@ -55,14 +55,12 @@ import numpy as np
 
 from ..core import flags
 from ..core.errors import UserInputError
-from ..core.files import atomic_directory, atomic_write_json, check_creatable_dir
+from ..core.files import atomic_directory, atomic_write_json, check_creatable_dir, check_separate_dirs
 from ..core.progress import progress_bar
 from ..model.tokenizer import MobileBertTokenizer
-from .shards import FORMAT_NAME, FORMAT_VERSION, META_NAME
+from .shards import FORMAT_NAME, FORMAT_VERSION, MAX_SEQ_LENGTH, META_NAME, MIN_PRETRAINING_SEQ_LENGTH
 
 logger = logging.getLogger(__name__)
-MIN_PRETRAINING_SEQ_LENGTH = 8                # [CLS] A [SEP] B [SEP] with room for a few tokens each
-MAX_SEQ_LENGTH = 65535            # lengths are stored as uint16
 POOL_DOCUMENTS = 1000             # documents B may come from: 500 before the current one, 500 after
 POOL_TOKENS = 1 << 22             # ...and at most 4M tokens among them (8-16 MB)
 MAX_DOCUMENT_CHARS = 1 << 22      # a longer document is cut into consecutive documents
@@ -528,12 +526,20 @@ def open_tokenizer_dir(directory: str) -> MobileBertTokenizer:
 
 def run(args: argparse.Namespace) -> dict:
     output = Path(args.output)
+    check_separate_dirs([*(("the input file", path) for path in args.files), ("--tokenizer", args.tokenizer)],
+                        output, "--output", output_may_be_inside=True)
     check_output(output, args.overwrite)
     paths = check_input_files(args.files)
     tokenizer = open_tokenizer_dir(args.tokenizer)
     settings = CorpusSettings(args.max_seq_length, args.short_seq_prob, args.dupe_factor, args.seed, args.shard_rows)
     began = time.perf_counter()
-    meta = write_pretraining_data(paths, tokenizer, output, settings)
+    existed = output.exists()
+    try:
+        meta = write_pretraining_data(paths, tokenizer, output, settings)
+    except OSError as error:      # a full disk: the staging dir is gone, DATA_DIR as it was
+        kept = "the earlier data is kept" if existed else "nothing was written"
+        raise UserInputError(f"{output}: cannot write the pretraining data ({error.strerror or error}); "
+                             f"{kept}") from None
     seconds = time.perf_counter() - began
     return {"output": str(output), "rows": meta["num_rows"], "row_tokens": meta["num_tokens"],
             "documents": meta["num_documents"], "shards": len(meta["shards"]), "seconds": round(seconds, 2),

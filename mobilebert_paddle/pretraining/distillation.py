@@ -29,15 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+import numpy as np
 import paddle
 
 from ..core import flags
 from ..core.errors import UserInputError
+from ..core.files import check_separate_dirs
 from ..model.config import MODEL_INPUT_NAMES, load_config
 from ..model.loading import load_pretrained
 from ..model.modeldir import resolve_source
 from ..model.network import MobileBertForPreTraining
-from ..model.tokenizer import VOCAB_NAME, MobileBertTokenizer
+from ..model.size import check_fits_in_memory
+from ..model.tokenizer import MobileBertTokenizer
 from ..training.checkpoint import CHECKPOINT_STATE
 from ..training.optim import WarmupDecaySchedule
 from ..training.rundir import (
@@ -55,7 +58,8 @@ from .distillation_losses import (
     layer_transfer_losses,
     pretraining_distillation_losses,
 )
-from .pretrain import add_training_arguments
+from .pretrain import add_training_arguments, check_batch_size
+from .shards import check_model_fits_data, model_vocabulary
 from .task import (
     PRETRAINING_HEAD,
     MaskingSettings,
@@ -331,7 +335,8 @@ class DistillationTask(PretrainingTask):
         return {"stage": point.stage, "phase": point.phase, "layer": point.layer}
 
     def resume_invariants(self) -> dict:
-        return {"transfer_steps": self.schedule.transfer_steps, "layer_schedule": self.schedule.kind}
+        return {**super().resume_invariants(), "transfer_steps": self.schedule.transfer_steps,
+                "layer_schedule": self.schedule.kind}
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +387,14 @@ def resolve_distill_config(args: argparse.Namespace) -> argparse.Namespace:
     total = args.transfer_steps + args.distill_steps
     if total == 0:
         raise UserInputError("--transfer-steps and --distill-steps are both 0: nothing to do")
-    return argparse.Namespace(**vars(args), max_steps=total, epochs=1.0, warmup_ratio=0.0, decay_ratio=1.0)
+    # Stage 2 warms up (stage 1 runs at the peak): --warmup-steps, else --warmup-ratio of its steps.
+    warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * args.distill_steps)
+    if args.warmup_steps is not None and 0 < args.distill_steps <= warmup:
+        raise UserInputError(f"--warmup-steps {warmup} is not fewer than stage 2's --distill-steps "
+                             f"{args.distill_steps}: the learning rate would never reach its peak; lower it, or "
+                             f"leave it out (default: a share of the steps, --warmup-ratio)")
+    values = {**vars(args), "warmup_steps": warmup}
+    return argparse.Namespace(**values, max_steps=total, epochs=1.0, decay_ratio=1.0)
 
 
 def read_teacher(teacher: str):
@@ -400,30 +412,22 @@ def read_teacher(teacher: str):
     return config, state, directory
 
 
-def read_vocabulary(directory: Path) -> dict | None:
-    """token -> id from a directory's vocab.txt (None when it has none)."""
-
-    path = Path(directory) / VOCAB_NAME
-    if not path.is_file():
-        return None
-    return {token: index for index, token in enumerate(path.read_text(encoding="utf-8").splitlines())}
-
-
 def student_vocabulary(spec: str) -> dict | None:
     """The vocabulary beside the student's config, if it has one (a preset has none)."""
     path = Path(spec)
     directory = path if path.is_dir() else path.parent if path.is_file() else None
-    return read_vocabulary(directory) if directory is not None else None
+    return model_vocabulary(directory) if directory is not None else None
 
 
-def check_data(teacher_config, teacher_dir: Path, data, data_name: str) -> None:
-    """The data's ids are in the teacher's vocabulary and its rows fit the position table."""
-    teacher_vocabulary, data_vocabulary = read_vocabulary(teacher_dir), read_vocabulary(data.tokenizer_dir)
-    if teacher_vocabulary is not None and data_vocabulary is not None and teacher_vocabulary != data_vocabulary:
-        raise UserInputError(f"--data {data_name}: its vocabulary differs from the teacher's ({teacher_dir})")
-    if data.max_seq_length > teacher_config.max_position_embeddings:
-        raise UserInputError(f"--data {data_name}: rows of {data.max_seq_length} tokens exceed the models' "
-                             f"max_position_embeddings {teacher_config.max_position_embeddings}")
+def teacher_fingerprint(config, state: dict) -> dict:
+    """The teacher's config and a hash of its weights: what --resume compares, not its path."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode("utf-8"))
+        digest.update(np.ascontiguousarray(state[name]).tobytes())
+    return {**config.to_dict(), "weights_sha256": digest.hexdigest()}
 
 
 def build_teacher(config, state, directory: Path):
@@ -447,20 +451,28 @@ def build_student(config, teacher, resume_dir: Path | None):
 def run_distill(args: argparse.Namespace) -> dict | None:
 
     config = resolve_distill_config(args)
+    student_file = config.student if Path(config.student).exists() else None
+    check_separate_dirs({"--teacher": config.teacher, "--student": student_file, "--data": config.data,
+                         "--dev": config.dev}, config.output, "--output", output_may_be_inside=True)
     output, is_main = begin_run(config)
     teacher_config, teacher_state, teacher_dir = read_teacher(config.teacher)
     student_config = load_config(config.student)
-    check_compatible(teacher_config, student_config, read_vocabulary(teacher_dir), student_vocabulary(config.student),
+    student_identity = student_config.to_dict()          # as given (building the student names its head)
+    teacher_vocabulary = model_vocabulary(teacher_dir)
+    check_compatible(teacher_config, student_config, teacher_vocabulary, student_vocabulary(config.student),
                      teacher_name=f"--teacher {teacher_dir}", student_name=f"--student {config.student}")
+    check_fits_in_memory(student_config, f"--student {config.student}")
     schedule = LayerSchedule(student_config.num_hidden_layers, config.transfer_steps, config.layer_schedule)
+    teacher_name = f"the teacher ({teacher_dir})"
     data = open_data(config.data)
-    check_data(teacher_config, teacher_dir, data, config.data)
+    check_model_fits_data(teacher_config, teacher_vocabulary, data, teacher_name, config.max_predictions_per_seq)
     masking = MaskingSettings.from_args(config)
     eval_sets = []
     if config.dev:
-        dev = open_data(config.dev)
-        check_data(teacher_config, teacher_dir, dev, config.dev)
+        dev = open_data(config.dev, "--dev")
+        check_model_fits_data(teacher_config, teacher_vocabulary, dev, teacher_name, config.max_predictions_per_seq)
         eval_sets = [PretrainingTask().eval_set("dev", config.dev, dev, None, masking)]
+    check_batch_size(config, data)
     check_batch_fits(data.num_rows, config, config.data)
     tokenizer = MobileBertTokenizer.from_pretrained(teacher_dir)
     last = output / "last"
@@ -472,6 +484,8 @@ def run_distill(args: argparse.Namespace) -> dict | None:
                               config.beta_distill_factor, config.gamma_distill_factor)
     task = DistillationTask(teacher, schedule, factors, config.distill_ground_truth_ratio,
                             config.distill_temperature, masking)
+    task.invariants = {"student": student_identity, "teacher": teacher_fingerprint(teacher_config, teacher_state),
+                       "data": data.fingerprint()}
     logger.info("distilling %s (%d layers) into the student: %d transfer steps (%d a layer, %s schedule), "
                 "%d distillation steps", teacher_dir, schedule.num_layers, schedule.transfer_steps,
                 schedule.steps_per_phase, schedule.kind, config.distill_steps)

@@ -3,7 +3,8 @@ objectives with the ForPreTraining head (paper §3-4, Google's run_pretraining.p
 `pretraining` task (task.py) run by the one training loop.
 
 Defaults are Google's LAMB recipe: lr 1.5e-3, batch 2048, warmup then linear decay to 0, weight
-decay 0.01, beta2 0.999, 20 predictions a row.
+decay 0.01, beta2 0.999, 20 predictions a row. Google warms up over 10k of its 1M steps; here the
+warmup is that share (WARMUP_RATIO, 1%) of whatever the run's steps are, or --warmup-steps.
 
 `mobilebert evaluate pretraining --model DIR --data DATA_DIR --output DIR` scores a model with the
 masking settings its config.json stores from training.
@@ -28,6 +29,7 @@ from .task import (
 )
 
 logger = logging.getLogger(__name__)
+WARMUP_RATIO = 0.01      # Google's 10k warmup steps of its 1M, as a share of any run's steps
 # Config keys that fix parameter shapes: --config and --init-from must agree on them.
 SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
               "max_position_embeddings", "type_vocab_size", "embedding_size", "trigram_input", "use_bottleneck",
@@ -60,7 +62,10 @@ def add_training_arguments(parser: argparse.ArgumentParser,
     optim = parser.add_argument_group("optimisation")
     flags.add_optimizer_arguments(optim, optimizer="lamb", learning_rate=1.5e-3, batch_size=2048, weight_decay=0.01,
                                   adam_beta2=0.999, seed_help="fixes initialisation, row order, masks, dropout")
-    optim.add_argument("--warmup-steps", type=flags.integer(minimum=0), default=10000, help=warmup_help)
+    optim.add_argument("--warmup-ratio", type=flags.number(minimum=0, below=1), default=WARMUP_RATIO,
+                       help="warmup as a share of the steps it leads into (Google: 10k of 1M steps)")
+    optim.add_argument("--warmup-steps", type=flags.integer(minimum=0), default=None,
+                       help=warmup_help + ", instead of --warmup-ratio; fewer than those steps%(default).0s")
     optim.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
                        help="decay from the peak to --min-lr after warmup")
     optim.add_argument("--min-lr", type=flags.number(minimum=0), default=0.0, help="learning rate reached at the end")
@@ -83,8 +88,8 @@ def resolve_run_config(args: argparse.Namespace) -> argparse.Namespace:
     if args.config is None and args.init_from is None:
         raise UserInputError("give --config PRESET|CONFIG.json (a new model) or --init-from DIR (or both)")
     check_optimisation_flags(args)
-    # warmup_ratio / decay_ratio: the schedule is set by --warmup-steps and decays over every step.
-    return argparse.Namespace(**vars(args), warmup_ratio=0.0, decay_ratio=1.0)
+    # The schedule warms up over --warmup-steps (else --warmup-ratio of the steps), then decays over every step.
+    return argparse.Namespace(**vars(args), decay_ratio=1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,24 +97,24 @@ def resolve_run_config(args: argparse.Namespace) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------
 
 def start_config(args, data):
-    """The config of the model to pretrain, checked: --config and --init-from agree on shapes,
-    the vocabulary covers the data's, the rows fit the position table."""
+    """The config of the model to pretrain and its vocabulary (None: the data's), checked: --config
+    and --init-from agree on shapes, its parameters fit in memory, and the data fits it
+    (vocabulary, row length, masking)."""
+    from ..model.size import check_fits_in_memory
+    from .shards import check_model_fits_data, model_vocabulary
 
     config = load_config(args.config) if args.config else None
+    vocabulary = None
     if args.init_from:
         initial = MobileBertConfig.from_pretrained(check_model_dir(args.init_from))
         if config is not None:
             check_same_shapes(config, initial, args.config, args.init_from)
         config = config or initial
-        check_same_vocabulary(Path(args.init_from), data)
-    where = args.config or args.init_from
-    if config.vocab_size < data.vocab_size:
-        raise UserInputError(f"{where}: vocab_size {config.vocab_size} is smaller than the data's vocabulary "
-                             f"({data.vocab_size} ids in {args.data})")
-    if data.max_seq_length > config.max_position_embeddings:
-        raise UserInputError(f"{where}: max_position_embeddings {config.max_position_embeddings} is shorter than "
-                             f"the data's rows ({data.max_seq_length} tokens in {args.data})")
-    return config
+        vocabulary = model_vocabulary(Path(args.init_from))
+    where = f"--config {args.config}" if args.config else f"--init-from {args.init_from}"
+    check_fits_in_memory(config, where)
+    check_model_fits_data(config, vocabulary, data, where, args.max_predictions_per_seq)
+    return config, vocabulary
 
 
 def check_model_dir(path: str) -> Path:
@@ -125,16 +130,6 @@ def check_same_shapes(config, initial, config_source: str, init_from: str) -> No
         if wanted != stored:
             raise UserInputError(f"--config {config_source} disagrees with --init-from {init_from}: "
                                  f"{key} {wanted} vs {stored}")
-
-
-def check_same_vocabulary(model_dir: Path, data) -> None:
-    """Token ids mean what the data's tokenizer says; a model with another vocabulary would learn nonsense."""
-    from ..model.tokenizer import VOCAB_NAME
-
-    ours, theirs = model_dir / VOCAB_NAME, Path(data.tokenizer_dir) / VOCAB_NAME
-    if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
-        raise UserInputError(f"--init-from {model_dir}: its vocabulary ({VOCAB_NAME}) differs from the data's "
-                             f"tokenizer ({theirs})")
 
 
 def build_pretraining_model(config, init_from: str | None, resume_dir: Path | None):
@@ -153,19 +148,51 @@ def build_pretraining_model(config, init_from: str | None, resume_dir: Path | No
 # `mobilebert pretrain`
 # --------------------------------------------------------------------------------------------
 
+def check_batch_size(config, data) -> None:
+    """A global batch holds at most the data's rows (pretrain, distill: checked before any work)."""
+    if config.batch_size > data.num_rows:
+        raise UserInputError(f"--batch-size {config.batch_size} is more than the {data.num_rows} rows of "
+                             f"--data {config.data}: every step would be the whole data; lower --batch-size")
+
+
+def run_inputs(config) -> dict:
+    """Every input a pretraining run reads (refused inside the run dir it writes)."""
+    config_file = config.config if config.config and Path(config.config).exists() else None
+    return {"--config": config_file, "--init-from": config.init_from, "--data": config.data, "--dev": config.dev}
+
+
 def run_pretrain(args: argparse.Namespace) -> dict | None:
+    from ..core.files import check_separate_dirs
     from ..model.tokenizer import MobileBertTokenizer
     from ..training.checkpoint import CHECKPOINT_STATE
-    from ..training.rundir import begin_run, check_batch_fits, seed_dropout, seed_initialisation, start_output
+    from ..training.rundir import (
+        begin_run,
+        check_batch_fits,
+        check_schedule,
+        seed_dropout,
+        seed_initialisation,
+        start_output,
+    )
     from ..training.trainer import Trainer
+    from .shards import check_model_fits_data
 
     config = resolve_run_config(args)
+    check_separate_dirs(run_inputs(config), config.output, "--output", output_may_be_inside=True)
     output, is_main = begin_run(config)
     data = open_data(config.data)
-    model_config = start_config(config, data)
+    model_config, vocabulary = start_config(config, data)
     task = PretrainingTask(MaskingSettings.from_args(config))
-    eval_sets = [task.eval_set("dev", config.dev, open_data(config.dev), None, task.masking)] if config.dev else []
+    eval_sets = []
+    if config.dev:
+        dev = open_data(config.dev, "--dev")
+        model_name = f"--init-from {config.init_from}" if vocabulary is not None else f"the model (--data {config.data})"
+        check_model_fits_data(model_config, vocabulary or dict(zip(data.vocabulary, range(data.vocab_size))), dev,
+                              model_name, config.max_predictions_per_seq)
+        eval_sets = [task.eval_set("dev", config.dev, dev, None, task.masking)]
+    check_batch_size(config, data)
     check_batch_fits(data.num_rows, config, config.data)
+    check_schedule(config, data.num_rows)
+    task.invariants = {"config": model_config.to_dict(), "data": data.fingerprint()}
     tokenizer = MobileBertTokenizer.from_pretrained(data.tokenizer_dir)
     last = output / "last"
     resume_dir = last if config.resume and (last / CHECKPOINT_STATE).is_file() else None

@@ -26,6 +26,9 @@ from ..tasks.settings import Recipe
 PRETRAINING_HEAD = "MobileBertForPreTraining"
 SETTINGS_KEY = "pretraining_settings"     # config.json key holding the masking a model was trained with
 DEV_MASK_STEP = 0
+# evaluate's SQuAD/GLUE window flags: refused for pretraining rather than ignored.
+WINDOW_FLAGS = ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length",
+                "null_score_diff_threshold")
 EVAL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_labels",
                "masked_weights", "next_sentence_label")
 
@@ -67,6 +70,12 @@ class PretrainingTask(Task):
 
     def __init__(self, masking: MaskingSettings | None = None):
         self.masking = masking or MaskingSettings()
+        self.invariants: dict[str, Any] = {}     # what --resume compares beyond the flags (set per run)
+
+    def resume_invariants(self) -> dict[str, Any]:
+        """The model config and the data's meta.json as they were: a config file edited in place, or
+        other data under the same path, is not the run being resumed."""
+        return dict(self.invariants)
 
     # ----- training hooks ----------------------------------------------------------------------
 
@@ -108,7 +117,13 @@ class PretrainingTask(Task):
         return {"masked_lm_loss": masked_lm, "next_sentence_loss": next_sentence}
 
     def settings_from_args(self, args: Any, model_config: Any = None) -> MaskingSettings:
-        return MaskingSettings.from_args(args, model_config)
+        ignored = [name for name in WINDOW_FLAGS if getattr(args, name, None) is not None]
+        if ignored:
+            flag = "--" + ignored[0].replace("_", "-")
+            raise UserInputError(f"{flag}: does not apply to pretraining, whose rows are read as the DATA_DIR "
+                                 "holds them (cut by `pretrain-data --max-seq-length`)")
+        self.masking = MaskingSettings.from_args(args, model_config)
+        return self.masking
 
     def remember_settings(self, model, settings: MaskingSettings) -> None:
         model.config.extra[SETTINGS_KEY] = asdict(settings)
@@ -124,6 +139,15 @@ class PretrainingTask(Task):
     def read(self, path: Path, training: bool):
         return open_data(path)
 
+    def check_model_fits(self, eval_sets: Sequence[EvalSet], config, tokenizer, model_name: str) -> None:
+        """`evaluate pretraining`: the data's vocabulary is the model's, its rows fit the position
+        table and the masking stored with the model fits a row."""
+        from .shards import check_model_fits_data
+
+        for eval_set in eval_sets:
+            check_model_fits_data(config, tokenizer.get_vocab(), eval_set.examples, model_name,
+                                  self.masking.max_predictions_per_seq)
+
     def hub_examples(self, split: str):
         raise UserInputError("pretraining reads a DATA_DIR written by `mobilebert pretrain-data`, not a hub dataset")
 
@@ -131,7 +155,7 @@ class PretrainingTask(Task):
         """All rows of a dev DATA_DIR with the masks of step 0 (the same tokens at every evaluation)."""
         data = examples
         rows = masked_rows(data, np.arange(data.num_rows, dtype=np.int64), settings, DEV_MASK_STEP)
-        return EvalSet(name, source, range(data.num_rows), rows, input_names=EVAL_INPUTS)
+        return EvalSet(name, source, data, rows, input_names=EVAL_INPUTS)
 
     def batch_outputs(self, batch: dict[str, np.ndarray], outputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         """(B, P, V) logits -> per masked slot the predicted id and the label's cross entropy."""
@@ -172,8 +196,9 @@ def masked_rows(data, row_indices: np.ndarray, masking: MaskingSettings, step: i
                             masked_lm_prob=masking.masked_lm_prob, whole_word=masking.whole_word_masking)
 
 
-def open_data(path: str | Path):
-    """A DATA_DIR written by `mobilebert pretrain-data` (a bad one is a one-line UserInputError)."""
+def open_data(path: str | Path, flag: str = "--data"):
+    """A DATA_DIR written by `mobilebert pretrain-data`, validated before any work (shards.py: a bad
+    one is a one-line UserInputError naming the file)."""
     from .shards import PretrainingData
 
-    return PretrainingData(Path(path))
+    return PretrainingData(Path(path), flag)

@@ -34,7 +34,7 @@ class EvalSet:
 
     name: str                     # "dev", or "matched" / "mismatched" for MNLI
     source: str                   # the file (or "hub:<split>") it came from
-    examples: Sequence[Any]
+    examples: Sequence[Any]       # what was read (pretraining: the PretrainingData itself)
     rows: Any
     # Arrays run_predictor batches: the model inputs, plus what Task.batch_outputs reads
     # (pretraining: masked positions and labels). The predictor passes on what the model takes.
@@ -133,6 +133,10 @@ class Task:
     def settings_from_args(self, args: Any, model_config: Any = None) -> Any:
         """The task's settings from the flags (and the model's stored ones, for evaluate)."""
         return TaskSettings.from_args(args, self, model_config)
+
+    def check_model_fits(self, eval_sets: Sequence["EvalSet"], config: Any, tokenizer: Any, model_name: str) -> None:
+        """`evaluate`: refuse, before any work, data the model cannot score (a UserInputError).
+        SQuAD and GLUE windows are made with the model's own tokenizer: nothing to check."""
 
     def remember_settings(self, model, settings: Any) -> None:
         """Store the training settings in the model's config.json, so that evaluate, predict and

@@ -15,7 +15,7 @@ import numpy as np
 from ..core import flags
 from ..core.device import select_device
 from ..core.errors import UserInputError
-from ..core.files import atomic_directory, check_creatable_dir
+from ..core.files import atomic_directory, check_creatable_dir, check_separate_dirs
 from ..core.logs import inputs_accepted
 from ..inference.evaluation import (
     evaluate_task,
@@ -64,6 +64,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> dict:
     task = PretrainingTask() if args.task == "pretraining" else get_task(args.task)
+    local_inputs = [("--model", args.model), *(("--data", data) for data in args.data)]
+    check_separate_dirs([(flag, path) for flag, path in local_inputs if Path(path).exists()], args.output,
+                        "--output", output_may_be_inside=True)
     output = check_evaluation_output(Path(args.output))    # created only when there is something to write
     if task.eager_only and args.backend != "eager":
         raise UserInputError(f"--backend {args.backend}: {task.name} is evaluated on the Paddle model (--backend eager)")
@@ -75,6 +78,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         check_sequence_length(settings.max_seq_length, model.config, args.model)
     sources = [f"hub:{split}" for split in task.hub_dev_splits] if args.data == ["hub"] else args.data
     eval_sets = load_eval_sets(task, sources, model.tokenizer, settings)
+    task.check_model_fits(eval_sets, model.config, model.tokenizer, f"--model {args.model}")
     inputs_accepted()
     result = evaluate_task(task, model.predictor, eval_sets, settings, args.batch_size, model.config.id2label)
     files = write_evaluation_directory(task, result, output)

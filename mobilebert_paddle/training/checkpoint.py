@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,9 @@ def optimizer_state_by_name(optimizer, model) -> dict[str, np.ndarray]:
         parts = _split_accumulator_key(key, set(path_of))
         if parts is None:
             raise RuntimeError(f"optimizer state {key!r} belongs to no model parameter")
-        state[path_of[parts[0]] + parts[1]] = np.ascontiguousarray(value.numpy())
+        # "_moment1_1" of a process's second optimizer (distillation's restart) is what the one
+        # optimizer of a resumed process calls "_moment1_0": saved under that name.
+        state[path_of[parts[0]] + re.sub(r"_\d+$", "_0", parts[1])] = np.ascontiguousarray(value.numpy())
     return state
 
 
@@ -139,14 +142,27 @@ def check_same_run(saved: dict, identity: dict, last: Path) -> None:
     changes += [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("task", "train_rows")
                 if saved.get(key) != identity[key]]
     saved_invariants = saved.get("task_invariants") or {}          # what a task adds (distill: its stages)
-    changes += [f"{key} was {saved_invariants[key]}, now {value}" for key, value in (identity.get("task_invariants") or {}).items()
-                if key in saved_invariants and saved_invariants[key] != value]
+    for key, value in (identity.get("task_invariants") or {}).items():
+        if key in saved_invariants and saved_invariants[key] != json.loads(json.dumps(value)):
+            changes.append(changed_invariant(key, saved_invariants[key], value, identity["flags"]))
     if not changes:    # the step counts follow from the flags and the data: named only if nothing else explains them
         changes = [f"{key} was {saved.get(key)}, now {identity[key]}" for key in ("total_steps", "steps_per_epoch")
                    if saved.get(key) != identity[key]]
     if changes:
         raise UserInputError(f"{last}: cannot resume with a changed run: {'; '.join(changes)} (on resume only "
                              f"{RESUMABLE_HELP} may change; or start afresh with --overwrite)")
+
+
+def changed_invariant(key: str, saved: Any, value: Any, flags: dict) -> str:
+    """One change of what a flag points to, by field when it is a JSON object (a config file
+    edited in place: "--config model.json changed since the run began: hidden_dropout_prob was 0.0, now 0.1")."""
+    label = f"--{key.replace('_', '-')} {flags[key]}" if flags.get(key) is not None else key
+    value = json.loads(json.dumps(value))
+    if isinstance(saved, dict) and isinstance(value, dict):
+        fields = [name for name in sorted(set(saved) | set(value)) if saved.get(name) != value.get(name)]
+        return f"{label} changed since the run began: " + ", ".join(
+            f"{name} was {json.dumps(saved.get(name))}, now {json.dumps(value.get(name))}"[:200] for name in fields[:3])
+    return f"{key} was {saved}, now {value}"
 
 
 def read_optimizer_state(last: Path, state: "TrainState") -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import flags
+from ..core.files import check_separate_dirs
 from ..model.loading import load_pretrained
 from ..model.modeldir import check_label_count, load_tokenizer, resolve_source
 from ..tasks.base import Task, dev_sources, load_eval_sets, read_train_examples
@@ -28,6 +29,7 @@ from .rundir import (
     begin_run,
     check_batch_fits,
     check_optimisation_flags,
+    check_schedule,
     seed_dropout,
     seed_initialisation,
     start_output,
@@ -143,11 +145,16 @@ def load_data(task: Task, config, tokenizer) -> tuple[dict[str, np.ndarray], lis
 def run_finetune(args: argparse.Namespace) -> dict | None:
     task = get_task(args.task)
     config = resolve_config(args, task)
+    inputs = [("--model", config.model), ("--train", config.train), ("--data-dir", config.data_dir),
+              *(("--dev", path) for path in config.dev or ())]
+    check_separate_dirs([(flag, path) for flag, path in inputs if path is not None and Path(path).exists()],
+                        config.output, "--output", output_may_be_inside=True)
     output, is_main = begin_run(config)
     source = start_source(config, output)
     tokenizer = check_start(config, source, task)
     rows, eval_sets, train_source = load_data(task, config, tokenizer)
     check_batch_fits(len(rows["input_ids"]), config, train_source)
+    check_schedule(config, len(rows["input_ids"]))
     seed_initialisation(config.seed)
     model = load_start_model(task, source)
     start_output(config, output, is_main)

@@ -58,16 +58,6 @@ def build_optimizer(model, scheduler, config) -> paddle.optimizer.Optimizer:
                                   apply_decay_param_fun=lambda name: name not in no_decay)
 
 
-def reset_optimizer_state(optimizer) -> None:
-    """Put AdamW / LAMB back where a new optimizer starts: moments 0, the bias-correction powers
-    at beta1 and beta2. In place, because Paddle names accumulators with a per-process counter
-    (a second optimizer's are "..._moment1_1"), and checkpoints and resumed runs expect the first's."""
-    initial = {optimizer._beta1_pow_acc_str: optimizer._beta1, optimizer._beta2_pow_acc_str: optimizer._beta2}
-    for kind, per_parameter in optimizer._accumulators.items():
-        for accumulator in per_parameter.values():
-            accumulator.set_value(paddle.full_like(accumulator, initial.get(kind, 0.0)))
-
-
 def set_learning_rate_multipliers(model, multipliers: dict[str, float]) -> None:
     """Scale each named parameter's learning rate (the others get 1). Paddle's optimizers read
     `optimize_attr["learning_rate"]` at every step and use schedule x multiplier for the update

@@ -21,7 +21,7 @@ from ..core.files import (
     lock_directory,
     recover_directory,
 )
-from .trainer import GlobalBatchSampler
+from .trainer import GlobalBatchSampler, planned_steps
 
 FP16_REFUSAL = ("--amp fp16 is refused: MobileBERT's activations reach ~1e7, far beyond fp16's largest value "
                 "(65504), so they overflow to inf; use --amp bf16 (fp32's range) on a GPU, or the fp32 default")
@@ -103,6 +103,16 @@ def check_batch_fits(num_rows: int, config, source) -> None:
     if GlobalBatchSampler.batches_per_epoch(num_rows, config.batch_size, minimum_rows) == 0:
         raise UserInputError(f"{source}: {num_rows} training rows make no batch of {config.batch_size} "
                              f"(lower --batch-size)")
+
+
+def check_schedule(config, num_rows: int) -> None:
+    """A warmup as long as the run never reaches the peak learning rate: refused. A warmup ratio is
+    a fraction of the steps; only an explicit --warmup-steps can be too long."""
+    _, total_steps, warmup_steps = planned_steps(config, num_rows)
+    if config.warmup_steps is not None and 0 < total_steps <= warmup_steps:
+        raise UserInputError(f"--warmup-steps {warmup_steps} is not fewer than the run's {total_steps} steps: the "
+                             f"learning rate would never reach its peak; lower it, or leave it out (default: a "
+                             f"fraction of the steps, --warmup-ratio)")
 
 
 def seed_initialisation(seed: int) -> None:

@@ -75,7 +75,6 @@ from .checkpoint import (
 from .optim import (
     WarmupDecaySchedule,
     build_optimizer,
-    reset_optimizer_state,
     set_learning_rate_multipliers,
 )
 
@@ -140,6 +139,18 @@ class GlobalBatchSampler(DistributedBatchSampler):
 # metrics.jsonl and VisualDL
 # --------------------------------------------------------------------------------------------
 
+def planned_steps(config, num_rows: int, world_size: int | None = None) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, warmup steps) of a run on `num_rows` rows: what the Trainer
+    uses, also computed before it exists so that the run start's checks come before any work."""
+    world_size = dist.get_world_size() if world_size is None else world_size
+    steps_per_epoch = GlobalBatchSampler.batches_per_epoch(num_rows, config.batch_size,
+                                                           world_size * config.gradient_accumulation_steps)
+    total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    warmup_steps = (config.warmup_steps if config.warmup_steps is not None
+                    else int(config.warmup_ratio * total_steps))
+    return steps_per_epoch, total_steps, warmup_steps
+
+
 class RunLog:
     """One JSON line per log / eval event in metrics.jsonl, the same numbers as VisualDL scalars."""
 
@@ -201,10 +212,8 @@ class Trainer:
                       if self.world_size > 1 else module)
         self.sampler = GlobalBatchSampler(self.num_rows, config.batch_size, config.seed,
                                           min_batch_size=self.world_size * config.gradient_accumulation_steps)
-        self.steps_per_epoch = len(self.sampler)
-        self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
-        self.warmup_steps = (config.warmup_steps if config.warmup_steps is not None
-                             else int(config.warmup_ratio * self.total_steps))
+        self.steps_per_epoch, self.total_steps, self.warmup_steps = planned_steps(config, self.num_rows,
+                                                                                  self.world_size)
         self.decay_steps = math.ceil(config.decay_ratio * self.total_steps)
         self.scheduler = (task.learning_rate_schedule(config, self.total_steps)
                           or WarmupDecaySchedule(config.learning_rate, config.min_lr, self.warmup_steps,
@@ -257,7 +266,10 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         global_count = len(self.sampler.global_batch(number))
         if self.task.restarts_optimizer(step):          # e.g. distillation's stage 2: a new run's moments
-            reset_optimizer_state(self.optimizer)
+            # A new optimizer, as a new run has: its moments are made when its first step needs them.
+            # (Zeroing the old one's in place would miss the moments a resumed run's set_state_dict
+            # still holds back until its first step, and bring stage 1's back.)
+            self.optimizer = build_optimizer(self.raw_model, self.scheduler, self.config)
         set_learning_rate_multipliers(self.raw_model, self.task.learning_rate_multipliers(self.raw_model, step))
         lr = self.optimizer.get_lr()
         result = self.train_step(self.sampler.local_batch(number), global_count, step)
@@ -413,6 +425,9 @@ class Trainer:
         checkpoint = read_checkpoint(last)
         check_same_run(checkpoint["run"], self.run_identity(), last)
         state = TrainState(**checkpoint["state"])
+        if state.step > self.total_steps:
+            raise damaged_checkpoint(last / CHECKPOINT_STATE, f"step {state.step} is beyond the run's "
+                                                              f"{self.total_steps} steps")
         try:
             load_optimizer_state(self.optimizer, self.raw_model, read_optimizer_state(last, state),
                                  checkpoint["scheduler"], last)

@@ -1,0 +1,231 @@
+"""Outlier channels of the residual stream, and moving them into the weights before int8.
+
+Google's MobileBERT carries a few channels of its 512-wide residual stream at ~1e7 while the
+rest are of order 1-100. An int8 matmul quantizes its input with one range per tensor (ONNX
+Runtime's dynamic quantization, NNCF's static quantization), so one such channel sets a step of
+~1e5 and every other channel rounds to zero: the readers of the stream (each layer's bottleneck
+input, shared query/key bottleneck and value) then see only the outliers, and the model answers
+nothing (benchmarks/outliers.py builds such a model; the README has the measurements).
+
+With NoNorm every normalisation is element-wise, so channel c of the stream can be multiplied by
+any f > 0 without changing the function (`rescale_stream`): the writers of the stream (what the
+embedding NoNorm sums, its beta, each layer's output-bottleneck Linear and NoNorm beta) are
+multiplied by f in channel c, the readers (every Linear reading the stream, and the head's) are
+divided by f in row c. `equalize_stream` measures the stream on a batch and divides each outlier
+channel by the power of two that brings it down to the largest ordinary channel: SmoothQuant's
+migration with all of the outlier's range moved into the weights (quantized per output
+channel), folded into the weights instead of a Multiply at run time, so it costs nothing.
+
+What the int8 matmuls read differs with `--fuse`: fuse.py carries the stream as z with
+`actual = scale * z + shift` (scale the product of the NoNorm gammas), so each is measured the
+way it will be quantized, and the divisor goes where it reaches that tensor without making a
+quantized weight tiny (NNCF floors a weight channel's int8 step at ~4e-5, which zeroes a column
+of ~1e-7; measured on a 1e6-scaled channel, it cost the unfused static path 1.5 EM):
+  * unfused: into the embedding NoNorm's gamma (a float multiply, never quantized); the
+    embedding transformation's columns stay as they are;
+  * fused: into what the embedding NoNorm sums (z does not see the gamma), which then returns
+    those columns towards the size of the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+PLACEMENTS = ("inputs", "norm")
+# A channel is an outlier when its largest value exceeds this multiple of the median channel's
+# (in some layer): each doubling of a per-tensor range costs every other channel one of int8's
+# bits. Trained models here stay below 4 (quickstart seeds 42 and 6: at most 3.5).
+OUTLIER_RATIO = 16.0
+
+
+def can_rescale(config) -> bool:
+    """NoNorm (element-wise) and bottlenecks (the stream is read only by Linears)."""
+    return config.normalization_type == "no_norm" and config.use_bottleneck
+
+
+def rescale_stream(model, channels: Sequence[int], factors: float | Sequence[float],
+                   placement: str = "inputs") -> list:
+    """Multiply channels `channels` of the residual stream (the embedding output and every
+    layer's output) by `factors` (one, or one per channel), in place, keeping every output of
+    the head unchanged up to float rounding (exactly, for powers of two). Returns the names of
+    the parameters changed.
+
+    placement "inputs": the factor goes into what the embedding NoNorm sums (the embedding
+    transformation's column and bias, the position and token-type tables' column); "norm": into
+    the embedding NoNorm's gamma (which fuse.py divides out of its stream again)."""
+    import paddle
+
+    from ..model.network import MobileBertModel, attention_input_widths
+
+    config = model.config
+    if not can_rescale(config):
+        raise ValueError("the stream rescale needs normalization_type no_norm and use_bottleneck (a LayerNorm "
+                         "is not element-wise, and without bottlenecks the stream is read inside the block)")
+    if isinstance(model, MobileBertModel):
+        raise TypeError("a bare MobileBertModel outputs the stream itself; rescale a model with a head")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement {placement!r}: expected one of {', '.join(PLACEMENTS)}")
+    channels = np.asarray(list(channels), dtype=np.int64)
+    if channels.size == 0 or len(set(channels.tolist())) != channels.size or channels.min() < 0 \
+            or channels.max() >= config.hidden_size:
+        raise ValueError(f"channels {channels.tolist()}: expected distinct indices below hidden_size "
+                         f"{config.hidden_size}")
+    factor = np.ones(config.hidden_size)
+    factor[channels] = factors
+    if not np.all(np.isfinite(factor) & (factor > 0)):
+        raise ValueError(f"factors {factors}: expected positive finite numbers")
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    changed = []
+
+    def rescale(parameter, axis: int, values: np.ndarray) -> None:
+        array = parameter.numpy().astype(np.float64)
+        shape = [1] * array.ndim
+        shape[axis] = -1
+        parameter.set_value((array * values.reshape(shape)).astype(np.float32))
+        changed.append(names[id(parameter)])
+
+    def write(linear) -> None:                       # output channel c x f (Paddle weights are [in, out])
+        rescale(linear.weight, 1, factor)
+        if linear.bias is not None:
+            rescale(linear.bias, 0, factor)
+
+    def read(linear) -> None:                        # input channel c / f
+        rescale(linear.weight, 0, 1.0 / factor)
+
+    embeddings = model.mobilebert.embeddings
+    with paddle.no_grad():
+        if placement == "norm":
+            rescale(embeddings.LayerNorm.weight, 0, factor)
+        else:
+            if embeddings.trigram_input or config.embedding_size != config.hidden_size:
+                write(embeddings.embedding_transformation)
+            else:
+                rescale(embeddings.word_embeddings.weight, 1, factor)
+            rescale(embeddings.position_embeddings.weight, 1, factor)
+            rescale(embeddings.token_type_embeddings.weight, 1, factor)
+        rescale(embeddings.LayerNorm.bias, 0, factor)
+        query_key_width, _ = attention_input_widths(config)
+        for layer in model.mobilebert.encoder.layer:
+            read(layer.bottleneck.input.dense)
+            if config.key_query_shared_bottleneck and not config.use_bottleneck_attention:
+                read(layer.bottleneck.attention.dense)
+            if not config.use_bottleneck_attention:
+                attention = layer.attention.self
+                read(attention.value)                 # value reads the layer input (H wide)
+                if query_key_width == config.hidden_size:
+                    read(attention.query)             # IB-BERT's layout: query and key too
+                    read(attention.key)
+            bottleneck = layer.output.bottleneck
+            write(bottleneck.dense)
+            rescale(bottleneck.LayerNorm.bias, 0, factor)
+        for reader in head_readers(model):
+            read(reader)
+    return changed
+
+
+def head_readers(model) -> list:
+    """The head's Linears that read the stream: the sequence output, and [CLS] directly when the
+    pooler passes it on raw (classifier_activation false) or through its dense."""
+    architecture = type(model).architecture
+    pooler = model.mobilebert.pooler
+    if architecture == "MobileBertForQuestionAnswering":
+        return [model.qa_outputs]
+    if architecture == "MobileBertForTokenClassification":
+        return [model.classifier]
+    if architecture == "MobileBertForMaskedLM":
+        return [model.cls.predictions.transform.dense]
+    pooled_readers = {"MobileBertForSequenceClassification": lambda: [model.classifier],
+                      "MobileBertForMultipleChoice": lambda: [model.classifier],
+                      "MobileBertForNextSentencePrediction": lambda: [model.cls.seq_relationship],
+                      "MobileBertForPreTraining": lambda: [model.cls.seq_relationship]}
+    if architecture not in pooled_readers:
+        raise ValueError(f"{architecture}: no stream rescale for this head")
+    readers = [model.cls.predictions.transform.dense] if architecture == "MobileBertForPreTraining" else []
+    return readers + ([pooler.dense] if pooler.do_activate else pooled_readers[architecture]())
+
+
+def stream_magnitudes(model, batch: dict, fused: bool = False) -> np.ndarray:
+    """(L + 1, H): per stream tensor (embedding output, each layer's output) and channel, the
+    largest |value| over the real tokens of `batch`; with `fused`, of fuse.py's z instead."""
+    import paddle
+
+    model.eval()
+    flat = {name: np.asarray(value).reshape(-1, np.asarray(value).shape[-1]) for name, value in batch.items()}
+    with paddle.no_grad():
+        output = model.mobilebert(**{name: paddle.to_tensor(value) for name, value in flat.items()},
+                                  output_hidden_states=True)
+    mask = flat["attention_mask"].astype(bool)
+    states = [state.numpy()[mask].astype(np.float64) for state in output.hidden_states]
+    if fused:
+        from .fuse import FusedMobileBertModel
+
+        backbone = FusedMobileBertModel(model.mobilebert)
+        affines = [backbone.embeddings.output_affine] + [layer.output_affine for layer in backbone.layer]
+        states = [(state - affine.shift) / affine.scale for state, affine in zip(states, affines)]
+    return np.stack([np.abs(state).max(axis=0) for state in states])
+
+
+def outlier_factors(magnitudes: np.ndarray, ratio: float = OUTLIER_RATIO) -> dict:
+    """{channel: power of two} for the channels above `ratio` x the median channel in some row of
+    `magnitudes` (L + 1, H); each factor brings its channel down to at most the largest ordinary
+    channel of every row."""
+    median = np.median(magnitudes, axis=1, keepdims=True)
+    relative = magnitudes / np.maximum(median, 1e-30)
+    outliers = np.flatnonzero((relative > ratio).any(axis=0))
+    if outliers.size == 0:
+        return {}
+    ordinary = np.delete(magnitudes, outliers, axis=1).max(axis=1, keepdims=True)
+    over = (magnitudes[:, outliers] / np.maximum(ordinary, 1e-30)).max(axis=0)
+    return {int(channel): float(2.0 ** np.ceil(np.log2(value))) for channel, value in zip(outliers, over)}
+
+
+def equalize_stream(model, batch: dict, fused: bool = False, ratio: float = OUTLIER_RATIO) -> dict:
+    """Divide each outlier channel of the stream (as the int8 matmuls will read it: actual, or
+    fuse.py's z with `fused`) by a power of two, in place; returns {channel: divisor}, empty when
+    there is nothing to move. The outputs are unchanged (to float rounding)."""
+    factors = outlier_factors(stream_magnitudes(model, batch, fused), ratio)
+    if factors:
+        rescale_stream(model, list(factors), [1.0 / value for value in factors.values()],
+                       "inputs" if fused else "norm")
+    return factors
+
+
+def random_batch(config, rows: int = 8, length: int = 64, seed: int = 0) -> dict:
+    """Random ids (padded rows, two segments) to measure the stream on when no data is given:
+    the outlier channels of a trained model are large whatever the text."""
+    rng = np.random.default_rng(seed)
+    length = min(length, config.max_position_embeddings)
+    lengths = rng.integers(max(2, length // 2), length + 1, size=rows)
+    lengths[0] = length
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(min(5, config.vocab_size - 1), config.vocab_size, size=(rows, length)) * mask
+    types = ((np.arange(length)[None, :] >= lengths[:, None] // 2) * mask).astype(np.int64)
+    return {"input_ids": ids.astype(np.int64), "token_type_ids": types, "attention_mask": mask}
+
+
+def prepare_for_int8(model, fuse: bool, batch: dict, where: str, ratio: float = OUTLIER_RATIO) -> tuple:
+    """(model to quantize, [[channel, divisor], ...]): a copy of `model` with the stream's outlier
+    channels moved into the weights, or `model` itself when it has none. A layout that cannot be
+    rescaled (LayerNorm, no bottleneck) with outliers is refused: int8 would lose every other channel."""
+    import copy
+
+    from ..core.errors import UserInputError
+
+    if not can_rescale(model.config):
+        magnitudes = stream_magnitudes(model, batch, fused=False)
+        factors = outlier_factors(magnitudes, ratio)
+        if factors:
+            worst = magnitudes.max(axis=0)
+            shown = ", ".join(f"{channel} ({worst[channel]:.3g})" for channel in list(factors)[:4])
+            raise UserInputError(f"{where}: channels {shown} of the residual stream exceed {ratio:g}x the median "
+                                 "channel; one int8 range per tensor would round the others to zero, and a "
+                                 "LayerNorm or bottleneck-free model cannot move them into the weights: "
+                                 "export without --quantize")
+        return model, []
+    prepared = copy.deepcopy(model)
+    factors = equalize_stream(prepared, batch, fuse, ratio)
+    if not factors:
+        return model, []
+    return prepared, [[channel, divisor] for channel, divisor in factors.items()]

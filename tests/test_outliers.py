@@ -280,23 +280,33 @@ def test_int8_of_a_layout_that_cannot_move_its_outliers_is_refused(tmp_path):
 
 @pytest.mark.parametrize("placement", ["inputs", "norm"])
 @pytest.mark.parametrize("fused", [False, True])
-def test_equalize_makes_no_quantized_weight_tiny(tmp_path, placement, fused):
-    """The divisor must not shrink any Linear's columns below the original model's (NNCF floors a
-    weight channel's int8 step, so a ~1e-7 column would be zeroed); where the twin's factor and the
-    divisor sit in the same place, the original's weights come back to within a factor of two."""
-    import paddle.nn as nn
-
+def test_equalize_leaves_no_weight_column_or_row_far_from_the_others(tmp_path, placement, fused):
+    """NNCF floors each output channel's weight range at 1% of the matrix's largest, so the
+    divisor must not leave a column (or row) of a quantized matrix far larger or smaller than the
+    others: in every backbone matrix the int8 graph quantizes (eager Linears, or the fused model's), the spread
+    of the column (and row) maxima comes back to within 4x of the original model's, whichever
+    embedding parameter the twin's factor sits in (the twin's own spreads reach ~1e5)."""
+    from mobilebert_paddle.inference.fuse import fuse_model
     from mobilebert_paddle.inference.outliers import equalize_stream, random_batch
     from mobilebert_paddle.inference.predictors import load_eager_model
+
+    def matrices(model) -> dict:
+        model = fuse_model(model) if fused else model
+        return {name: np.abs(value.numpy()) for name, value in model.named_parameters()     # the head stays float
+                if value.ndim == 2 and name.startswith("mobilebert.") and "_embeddings." not in name}
+
+    def spread(matrix, axis) -> float:
+        maxima = matrix.max(axis=axis)
+        return float(maxima.max() / maxima.min())
 
     original_dir, twin, _ = outlier_dirs(tmp_path, placement)
     original, config = load_eager_model(original_dir)
     model, _ = load_eager_model(twin)
+    twin_spread = max(spread(matrix, axis) for matrix in matrices(model).values() for axis in (0, 1))
     equalize_stream(model, random_batch(config), fused=fused)
-    restored = {"inputs": True, "norm": False}[placement] == fused
-    for (name, layer), (_, reference) in zip(model.named_sublayers(), original.named_sublayers()):
-        if isinstance(layer, nn.Linear):
-            got, want = np.abs(layer.weight.numpy()), np.abs(reference.weight.numpy())
-            assert np.all(got.max(axis=0) >= 0.5 * want.max(axis=0)), name
-            if restored:
-                assert np.all(got.max(axis=0) <= 2 * want.max(axis=0)), name
+    wanted, got = matrices(original), matrices(model)
+    assert len(got) >= 10 and got.keys() == wanted.keys()
+    for name in got:
+        for axis in (0, 1):
+            assert spread(got[name], axis) <= 4 * spread(wanted[name], axis), (name, axis)
+    assert twin_spread > 1e4 or (fused and placement == "norm")     # fused z never saw a gamma factor

@@ -18,13 +18,15 @@ channel), folded into the weights instead of a Multiply at run time, so it costs
 
 What the int8 matmuls read differs with `--fuse`: fuse.py carries the stream as z with
 `actual = scale * z + shift` (scale the product of the NoNorm gammas), so each is measured the
-way it will be quantized, and the divisor goes where it reaches that tensor without making a
-quantized weight tiny (NNCF floors a weight channel's int8 step at ~4e-5, which zeroes a column
-of ~1e-7; measured on a 1e6-scaled channel, it cost the unfused static path 1.5 EM):
-  * unfused: into the embedding NoNorm's gamma (a float multiply, never quantized); the
-    embedding transformation's columns stay as they are;
-  * fused: into what the embedding NoNorm sums (z does not see the gamma), which then returns
-    those columns towards the size of the others.
+way it will be quantized. Where the divisor goes in the embeddings matters to NNCF, which floors
+every output channel's weight range at 1% of the matrix's largest: an embedding-transformation
+column left 1e5x larger than the others (or made 1e5x smaller) takes the others' (or its own)
+precision with it. Measured on the testbed, either mistake cost the unfused static path 2-90
+EM. So:
+  * fused: z is what the embedding NoNorm sums, so the divisor goes there (its columns, the
+    position and token-type tables' columns), whatever the gamma;
+  * unfused: as much of the divisor as the channel stands out in that sum goes there, the rest
+    into the NoNorm's gamma (a float multiply, never quantized).
 """
 
 from __future__ import annotations
@@ -146,16 +148,23 @@ def head_readers(model) -> list:
     return readers + ([pooler.dense] if pooler.do_activate else pooled_readers[architecture]())
 
 
-def stream_magnitudes(model, batch: dict, fused: bool = False) -> np.ndarray:
+def stream_magnitudes(model, batch: dict, fused: bool = False, embedding_sum: bool = False):
     """(L + 1, H): per stream tensor (embedding output, each layer's output) and channel, the
-    largest |value| over the real tokens of `batch`; with `fused`, of fuse.py's z instead."""
+    largest |value| over the real tokens of `batch`; with `fused`, of fuse.py's z instead. With
+    `embedding_sum` also (H,): the same for what the embedding NoNorm sums (its input)."""
     import paddle
 
     model.eval()
     flat = {name: np.asarray(value).reshape(-1, np.asarray(value).shape[-1]) for name, value in batch.items()}
-    with paddle.no_grad():
-        output = model.mobilebert(**{name: paddle.to_tensor(value) for name, value in flat.items()},
-                                  output_hidden_states=True)
+    summed = []
+    hook = model.mobilebert.embeddings.LayerNorm.register_forward_pre_hook(
+        lambda layer, inputs: summed.append(inputs[0].numpy()))
+    try:
+        with paddle.no_grad():
+            output = model.mobilebert(**{name: paddle.to_tensor(value) for name, value in flat.items()},
+                                      output_hidden_states=True)
+    finally:
+        hook.remove()
     mask = flat["attention_mask"].astype(bool)
     states = [state.numpy()[mask].astype(np.float64) for state in output.hidden_states]
     if fused:
@@ -164,7 +173,10 @@ def stream_magnitudes(model, batch: dict, fused: bool = False) -> np.ndarray:
         backbone = FusedMobileBertModel(model.mobilebert)
         affines = [backbone.embeddings.output_affine] + [layer.output_affine for layer in backbone.layer]
         states = [(state - affine.shift) / affine.scale for state, affine in zip(states, affines)]
-    return np.stack([np.abs(state).max(axis=0) for state in states])
+    magnitudes = np.stack([np.abs(state).max(axis=0) for state in states])
+    if not embedding_sum:
+        return magnitudes
+    return magnitudes, np.abs(summed[0][mask].astype(np.float64)).max(axis=0)
 
 
 def outlier_factors(magnitudes: np.ndarray, ratio: float = OUTLIER_RATIO) -> dict:
@@ -185,10 +197,21 @@ def equalize_stream(model, batch: dict, fused: bool = False, ratio: float = OUTL
     """Divide each outlier channel of the stream (as the int8 matmuls will read it: actual, or
     fuse.py's z with `fused`) by a power of two, in place; returns {channel: divisor}, empty when
     there is nothing to move. The outputs are unchanged (to float rounding)."""
-    factors = outlier_factors(stream_magnitudes(model, batch, fused), ratio)
-    if factors:
-        rescale_stream(model, list(factors), [1.0 / value for value in factors.values()],
-                       "inputs" if fused else "norm")
+    magnitudes, summed = stream_magnitudes(model, batch, fused, embedding_sum=True)
+    factors = outlier_factors(magnitudes, ratio)
+    if not factors:
+        return factors
+    channels = list(factors)
+    if fused:                         # z is what the embedding NoNorm sums, whatever its gamma
+        rescale_stream(model, channels, [1.0 / value for value in factors.values()], "inputs")
+        return factors
+    # Unfused: as much of each divisor as the channel stands out in the embedding sum goes there
+    # (the embedding transformation's column comes back to the others' size), the rest into gamma.
+    ordinary = max(float(np.delete(summed, channels).max()), 1e-30)
+    into_sum = {channel: float(min(divisor, 2.0 ** max(0.0, np.ceil(np.log2(summed[channel] / ordinary)))))
+                for channel, divisor in factors.items()}
+    rescale_stream(model, channels, [1.0 / into_sum[channel] for channel in channels], "inputs")
+    rescale_stream(model, channels, [into_sum[channel] / factors[channel] for channel in channels], "norm")
     return factors
 
 

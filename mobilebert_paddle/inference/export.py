@@ -293,7 +293,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
                         help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only); "
                              "int8-static: NNCF static quantization calibrated on --calibration-data "
-                             "(openvino format only)")
+                             "(openvino format only); both first move outlier channels of the residual "
+                             "stream into the weights (same outputs, same graph)")
     parser.add_argument("--calibration-data", default=None, metavar="FILE",
                         help="int8-static: the task's data (SQuAD JSON / GLUE TSV, e.g. the dev set); "
                              f"{CALIBRATION_WINDOWS} windows sampled from it measure the activation ranges")

@@ -148,35 +148,43 @@ def head_readers(model) -> list:
     return readers + ([pooler.dense] if pooler.do_activate else pooled_readers[architecture]())
 
 
-def stream_magnitudes(model, batch: dict, fused: bool = False, embedding_sum: bool = False):
+def stream_magnitudes(model, batch: dict, fused: bool = False, embedding_sum: bool = False, rows: int = 64,
+                      chunk: int = 8):
     """(L + 1, H): per stream tensor (embedding output, each layer's output) and channel, the
-    largest |value| over the real tokens of `batch`; with `fused`, of fuse.py's z instead. With
+    largest |value| over the real tokens of the first `rows` rows of `batch` (run `chunk` rows at
+    a time: every layer's output is kept); with `fused`, of fuse.py's z instead. With
     `embedding_sum` also (H,): the same for what the embedding NoNorm sums (its input)."""
     import paddle
 
     model.eval()
-    flat = {name: np.asarray(value).reshape(-1, np.asarray(value).shape[-1]) for name, value in batch.items()}
-    summed = []
-    hook = model.mobilebert.embeddings.LayerNorm.register_forward_pre_hook(
-        lambda layer, inputs: summed.append(inputs[0].numpy()))
-    try:
-        with paddle.no_grad():
-            output = model.mobilebert(**{name: paddle.to_tensor(value) for name, value in flat.items()},
-                                      output_hidden_states=True)
-    finally:
-        hook.remove()
-    mask = flat["attention_mask"].astype(bool)
-    states = [state.numpy()[mask].astype(np.float64) for state in output.hidden_states]
+    flat = {name: np.asarray(value).reshape(-1, np.asarray(value).shape[-1])[:rows] for name, value in batch.items()}
+    affines = None
     if fused:
         from .fuse import FusedMobileBertModel
 
         backbone = FusedMobileBertModel(model.mobilebert)
         affines = [backbone.embeddings.output_affine] + [layer.output_affine for layer in backbone.layer]
-        states = [(state - affine.shift) / affine.scale for state, affine in zip(states, affines)]
-    magnitudes = np.stack([np.abs(state).max(axis=0) for state in states])
-    if not embedding_sum:
-        return magnitudes
-    return magnitudes, np.abs(summed[0][mask].astype(np.float64)).max(axis=0)
+    magnitudes, summed_magnitudes = None, None
+    for start in range(0, len(flat["input_ids"]), chunk):
+        part = {name: value[start:start + chunk] for name, value in flat.items()}
+        summed = []
+        hook = model.mobilebert.embeddings.LayerNorm.register_forward_pre_hook(
+            lambda layer, inputs, into=summed: into.append(inputs[0].numpy()))
+        try:
+            with paddle.no_grad():
+                output = model.mobilebert(**{name: paddle.to_tensor(value) for name, value in part.items()},
+                                          output_hidden_states=True)
+        finally:
+            hook.remove()
+        mask = part["attention_mask"].astype(bool)
+        states = [state.numpy()[mask].astype(np.float64) for state in output.hidden_states]
+        if affines is not None:
+            states = [(state - affine.shift) / affine.scale for state, affine in zip(states, affines)]
+        current = np.stack([np.abs(state).max(axis=0) for state in states])
+        current_sum = np.abs(summed[0][mask].astype(np.float64)).max(axis=0)
+        magnitudes = current if magnitudes is None else np.maximum(magnitudes, current)
+        summed_magnitudes = current_sum if summed_magnitudes is None else np.maximum(summed_magnitudes, current_sum)
+    return (magnitudes, summed_magnitudes) if embedding_sum else magnitudes
 
 
 def outlier_factors(magnitudes: np.ndarray, ratio: float = OUTLIER_RATIO) -> dict:

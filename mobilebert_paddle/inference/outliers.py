@@ -21,8 +21,8 @@ What the int8 matmuls read differs with `--fuse`: fuse.py carries the stream as 
 way it will be quantized. Where the divisor goes in the embeddings matters to NNCF, which floors
 every output channel's weight range at 1% of the matrix's largest: an embedding-transformation
 column left 1e5x larger than the others (or made 1e5x smaller) takes the others' (or its own)
-precision with it. Measured on the testbed, either mistake cost the unfused static path 2-90
-EM. So:
+precision with it. Measured on the testbed, either mistake cost the unfused static path 1.5
+to 90 EM. So:
   * fused: z is what the embedding NoNorm sums, so the divisor goes there (its columns, the
     position and token-type tables' columns), whatever the gamma;
   * unfused: as much of the divisor as the channel stands out in that sum goes there, the rest

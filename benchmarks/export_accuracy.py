@@ -15,6 +15,10 @@ or, to see the spread over training runs, train the quickstart's model once per 
 
     python benchmarks/export_accuracy.py --quickstart-seeds 1,2,3,4,5 --dev-questions 2000
 
+Add `--outliers` to score each model's outlier twin too (benchmarks/outliers.py: two channels of
+the residual stream brought to ~1e7 by a function-preserving rescale, as in Google's checkpoint);
+its eager model answers as the original does, so every export is held to the same gate there.
+
 Add `--activation-study` to also run the eager model with only the matmul inputs rounded to
 8 bits (weights and everything else float32) per tensor, per row and per channel: how much of
 the int8 model's disagreement comes from activation rounding alone, whatever the kernel.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import tempfile
 import types
@@ -66,6 +71,12 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--exports", default=",".join(EXPORTS), help="comma-separated, from: " + ", ".join(EXPORTS))
     parser.add_argument("--activation-study", action="store_true",
                         help="also score eager with only the matmul inputs rounded to 8 bits")
+    parser.add_argument("--outliers", action="store_true",
+                        help="also score each model's outlier twin (benchmarks/outliers.py)")
+    parser.add_argument("--outlier-placement", default="inputs", choices=("inputs", "norm"),
+                        help="where the outlier factor goes in the embeddings (see benchmarks/outliers.py)")
+    parser.add_argument("--outlier-scale", type=float, default=None,
+                        help="one factor for the outlier channels (default: powers of two reaching ~1e7)")
     args = parser.parse_args()
     if args.quickstart_seeds is None and (args.model is None or args.data is None):
         parser.error("give --model and --data, or --quickstart-seeds")
@@ -82,7 +93,8 @@ def argmax_agreement(outputs, reference) -> float:
 
 
 def score_model(model: Path, data: Path, task_name: str, batch_size: int, activation_study: bool,
-                exports: list) -> dict:
+                exports: list, original: Path | None = None) -> dict:
+    """`original`: the model `model` was rescaled from; its eager outputs are compared too."""
     task = get_task(task_name)
     eager = load_predictor(model, "eager")
     no_flags = types.SimpleNamespace(max_seq_length=None, doc_stride=None, max_query_length=None, n_best_size=20,
@@ -99,6 +111,11 @@ def score_model(model: Path, data: Path, task_name: str, batch_size: int, activa
                 "argmax_agreement_pct": round(100 * argmax_agreement(outputs, reference), 2)}
 
     results = {"eager": score(eager)}
+    if original is not None:
+        original_outputs = run_predictor(load_predictor(original, "eager"), inputs, batch_size, progress=False)
+        results["eager"]["agreement_with_original_pct"] = round(100 * argmax_agreement(reference, original_outputs), 2)
+        results["eager"]["relative_error_to_original"] = max(
+            float(np.abs(got - want).max() / np.abs(want).max()) for got, want in zip(reference, original_outputs))
     with tempfile.TemporaryDirectory() as staging:
         for name in exports:
             export_format, fuse, quantize = EXPORTS[name]
@@ -147,6 +164,30 @@ def activations_rounded(model, granularity: str):
             hook.remove()
 
 
+def load_outliers_module():
+    path = Path(__file__).resolve().parent / "outliers.py"
+    spec = importlib.util.spec_from_file_location("outliers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def score_with_outliers(model: Path, data: Path, args: argparse.Namespace) -> dict:
+    """{"normal": report} and, with --outliers, {"outliers": report of the outlier twin}."""
+    report = {"normal": score_model(model, data, args.task, args.batch_size, args.activation_study, args.exports)}
+    if args.outliers:
+        with tempfile.TemporaryDirectory() as directory:
+            twin = Path(directory) / "outliers"
+            made = load_outliers_module().write_outlier_model(model, twin, scale=args.outlier_scale,
+                                                              placement=args.outlier_placement)
+            print(f"-- outlier twin: channels {made['channels']} x {made['factors']}, stream max "
+                  f"{made['stream_max_after']}", flush=True)
+            report["outliers"] = score_model(twin, data, args.task, args.batch_size, args.activation_study,
+                                             args.exports, original=model)
+            report["outliers"]["rescale"] = made
+    return report
+
+
 def train_quickstart_model(seed: int, dev_questions: int, directory: Path) -> tuple[Path, Path]:
     from mobilebert_paddle.cli import parse_command_args
     from mobilebert_paddle.tools import quickstart
@@ -160,15 +201,15 @@ def train_quickstart_model(seed: int, dev_questions: int, directory: Path) -> tu
 def main() -> None:
     args = parse_arguments()
     if args.quickstart_seeds is None:
-        report = score_model(args.model, args.data, args.task, args.batch_size, args.activation_study, args.exports)
+        report = score_with_outliers(args.model, args.data, args)
     else:
         report = {"dev_questions": args.dev_questions, "seeds": {}}
         for seed in (int(value) for value in args.quickstart_seeds.split(",")):
             with tempfile.TemporaryDirectory() as directory:
                 print(f"-- quickstart seed {seed}", flush=True)
                 model, data = train_quickstart_model(seed, args.dev_questions, Path(directory))
-                report["seeds"][seed] = score_model(model, data, "squad1", args.batch_size, args.activation_study,
-                                                    args.exports)
+                args.task = "squad1"
+                report["seeds"][seed] = score_with_outliers(model, data, args)
     print(json.dumps(report, indent=2))
 
 

@@ -26,6 +26,7 @@ from ..core.numerics import relative_error
 from ..model.config import MobileBertConfig
 from ..model.modeldir import copy_tokenizer_files
 from .onnx_graph import ONNX_OPSET, save_static_model, static_to_onnx
+from .outliers import prepare_for_int8, random_batch
 from .predictors import (
     FORMATS,
     MANIFEST_NAME,
@@ -79,6 +80,10 @@ def write_export(model, config: MobileBertConfig, source: Path, staging: Path, e
     `calibration`: model inputs {name: (N, T) array} for --quantize int8-static."""
 
     architecture = config.architectures[0]
+    outlier_channels = []
+    if quantize:        # outlier channels of the residual stream into the weights first (outliers.py)
+        model, outlier_channels = prepare_for_int8(model, fuse, calibration or random_batch(config),
+                                                   f"{source}: --quantize {quantize}")
     layer = model
     if fuse:
         from .fuse import FuseError, fuse_model
@@ -91,6 +96,8 @@ def write_export(model, config: MobileBertConfig, source: Path, staging: Path, e
     copy_tokenizer_files(source, staging)
     manifest = {"format": export_format, "architecture": architecture, "fused": fuse, "quantization": quantize,
                 "inputs": list(MODEL_INPUT_NAMES), "outputs": list(output_names(architecture))}
+    if outlier_channels:
+        manifest["outlier_channels"] = outlier_channels    # [channel, divisor moved into the weights]
     if export_format == "paddle":
         save_static_model(layer, architecture, staging / PADDLE_PREFIX)
         manifest["model_file"] = f"{PADDLE_PREFIX}.json"
@@ -286,7 +293,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
                         help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only); "
                              "int8-static: NNCF static quantization calibrated on --calibration-data "
-                             "(openvino format only)")
+                             "(openvino format only); both first move outlier channels of the residual "
+                             "stream into the weights (same outputs, same graph)")
     parser.add_argument("--calibration-data", default=None, metavar="FILE",
                         help="int8-static: the task's data (SQuAD JSON / GLUE TSV, e.g. the dev set); "
                              f"{CALIBRATION_WINDOWS} windows sampled from it measure the activation ranges")

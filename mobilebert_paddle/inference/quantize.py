@@ -1,6 +1,8 @@
 """int8: ONNX Runtime's dynamic quantization of the matmul weights (`--quantize int8`) and NNCF's
 static quantization of an OpenVINO model calibrated on the task's own data (`--quantize
 int8-static`). The task heads' matmuls stay float (they read the residual stream directly).
+Before either, export.py has outliers.py move the residual stream's outlier channels into the
+weights (a function-preserving rescale), so one ~1e7 channel cannot set every range.
 """
 
 

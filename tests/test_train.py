@@ -549,3 +549,21 @@ def test_reset_optimizer_state_equals_a_new_optimizer(optimizer):
             model_optimizer.step()
             model_optimizer.clear_grad()
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(used.parameters(), fresh.parameters()))
+
+
+@pytest.mark.parametrize("vendor, flags, preset, expected", [
+    ("AuthenticAMD", "fpu sse2 avx avx2 fma", None, "5"),
+    ("AuthenticAMD", "fpu sse2 avx", None, None),                 # no AVX2: its kernels would fault
+    ("GenuineIntel", "fpu sse2 avx avx2 avx512f", None, None),    # Intel: MKL picks its best path itself
+    ("AuthenticAMD", "fpu sse2 avx avx2", "4", "4"),              # the user's choice stands
+])
+def test_mkl_avx2_dispatch_is_set_only_on_amd_with_avx2(vendor, flags, preset, expected, tmp_path):
+    from mobilebert_paddle.core.device import MKL_DISPATCH_VARIABLE, use_avx2_mkl_on_amd
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\n")
+    environ = {} if preset is None else {MKL_DISPATCH_VARIABLE: preset}
+    assert use_avx2_mkl_on_amd(environ, cpuinfo) == (expected is not None and preset is None)
+    assert environ.get(MKL_DISPATCH_VARIABLE) == expected
+    assert not use_avx2_mkl_on_amd({}, tmp_path / "missing")
+

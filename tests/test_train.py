@@ -567,3 +567,35 @@ def test_mkl_avx2_dispatch_is_set_only_on_amd_with_avx2(vendor, flags, preset, e
     assert environ.get(MKL_DISPATCH_VARIABLE) == expected
     assert not use_avx2_mkl_on_amd({}, tmp_path / "missing")
 
+
+def test_training_without_strided_views_is_bit_identical():
+    """core/device.copy_instead_of_strided_views (what --device cpu sets) changes no value: a
+    pretraining model's outputs and gradients, with the flag off and on, bit for bit."""
+    from mobilebert_paddle.model.config import MobileBertConfig
+    from mobilebert_paddle.model.network import MobileBertForPreTraining
+
+    config = MobileBertConfig(vocab_size=50, hidden_size=32, embedding_size=16, intra_bottleneck_size=16,
+                              intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                              max_position_embeddings=32, attention_probs_dropout_prob=0.0)
+    config.architectures = ["MobileBertForPreTraining"]
+    paddle.seed(3)
+    model = MobileBertForPreTraining(config)
+    rng = np.random.default_rng(0)
+    ids = paddle.to_tensor(rng.integers(0, 50, (3, 20)))
+    mask = paddle.to_tensor((np.arange(20)[None, :] < np.array([[20], [13], [7]])).astype("int64"))
+    positions = paddle.to_tensor(rng.integers(0, 7, (3, 4)))
+    previous = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
+    results = {}
+    try:
+        for strided in (True, False):
+            paddle.set_flags({"FLAGS_use_stride_kernel": strided})
+            model.train()
+            model.clear_gradients()
+            output = model(ids, paddle.zeros_like(ids), mask, masked_positions=positions)
+            (output.prediction_logits.square().mean() + output.seq_relationship_logits.sum()).backward()
+            results[strided] = [output.prediction_logits.numpy()] + [param.grad.numpy() for param in model.parameters()
+                                                                      if param.grad is not None]
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": previous})
+    assert len(results[True]) == len(results[False]) > 20
+    assert all((a == b).all() for a, b in zip(results[True], results[False]))

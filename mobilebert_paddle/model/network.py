@@ -569,6 +569,13 @@ class MobileBertModel(MobileBertPreTrainedModel):
         step of distillation reads); sequence_output is then that layer's output."""
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, attention_mask)  # (B, T, H)
         attention_bias = attention_bias_from_mask(attention_mask, embeddings.dtype)
+        if attention_bias is not None and eager_cpu_float32(embeddings):
+            # Every layer adds the bias to its (B, N, T, T) scores: Paddle's CPU add broadcasting
+            # over heads and queries is several times slower than an add of equal shapes, so the
+            # bias is expanded once here (same sums).
+            batch, length = attention_mask.shape[0], attention_mask.shape[-1]
+            heads = self.config.num_attention_heads
+            attention_bias = attention_bias.expand([batch, heads, length, length])
         sequence_output, hidden_states, attentions = self.encoder(embeddings, attention_bias, output_hidden_states,
                                                                   output_attentions, num_layers)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None and num_layers is None else None

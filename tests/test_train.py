@@ -599,3 +599,34 @@ def test_training_without_strided_views_is_bit_identical():
         paddle.set_flags({"FLAGS_use_stride_kernel": previous})
     assert len(results[True]) == len(results[False]) > 20
     assert all((a == b).all() for a, b in zip(results[True], results[False]))
+
+
+def test_clip_gradients_norm_and_scaling():
+    """The global norm equals float64's; under --max-grad-norm nothing changes (bit for bit),
+    over it every gradient is scaled by max / (norm + 1e-6), as paddle.nn.utils.clip_grad_norm_."""
+    from mobilebert_paddle.training.optim import clip_gradients
+
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal(shape).astype("float32") * scale
+              for shape, scale in (((3000, 128), 1.0), ((128,), 30.0), ((64, 64), 0.01))]
+    exact = math.sqrt(sum(float(np.sum(value.astype(np.float64) ** 2)) for value in values))
+
+    def parameters_with(gradients):
+        """Parameters whose .grad is `gradients`, made by a backward pass (as in training)."""
+        params = [paddle.create_parameter(list(gradient.shape), "float32") for gradient in gradients]
+        sum(paddle.sum(param * paddle.to_tensor(gradient)) for param, gradient in zip(params, gradients)).backward()
+        return params
+
+    params = parameters_with(values)
+    assert clip_gradients(params, 0.0) == pytest.approx(exact, rel=1e-6)
+    assert clip_gradients(params, exact * 1.01) == pytest.approx(exact, rel=1e-6)
+    assert all((param.grad.numpy() == value).all() for param, value in zip(params, values))   # untouched
+    assert clip_gradients(params, 1.0) == pytest.approx(exact, rel=1e-6)
+    clipped = [param.grad.numpy() for param in params]
+    for value, gradient in zip(values, clipped):
+        np.testing.assert_allclose(gradient, value * (1.0 / (exact + 1e-6)), rtol=2e-6, atol=1e-12)
+    reference = parameters_with(values)
+    paddle.nn.utils.clip_grad_norm_(reference, 1.0)
+    for param, gradient in zip(reference, clipped):
+        np.testing.assert_allclose(param.grad.numpy(), gradient, rtol=1e-3)    # theirs sums squares less exactly
+

@@ -61,14 +61,28 @@ def row_mean_over_tokens(per_token, weights):
     return (per_token * weights).sum(axis=1) / weights.sum(axis=1)
 
 
-def normalise_features(hidden):
-    """LayerNorm over H without scale or shift: (B, T, H) -> (B, T, H)."""
+class TokenStatistics(NamedTuple):
+    """Per token, over H: the mean (B, T, 1), the centred values (B, T, H) and the population
+    variance (B, T, 1). Feature maps and the mean/variance losses both read them: computed once."""
+
+    mean: paddle.Tensor
+    centred: paddle.Tensor
+    variance: paddle.Tensor
+
+
+def token_statistics(hidden) -> TokenStatistics:
     mean = hidden.mean(axis=-1, keepdim=True)
-    variance = ((hidden - mean) ** 2).mean(axis=-1, keepdim=True)
-    return (hidden - mean) / paddle.sqrt(variance + FEATURE_NORM_EPSILON)
+    centred = hidden - mean
+    return TokenStatistics(mean, centred, (centred ** 2).mean(axis=-1, keepdim=True))
 
 
-def feature_map_loss(teacher_hidden, student_hidden, weights):
+def normalise_features(hidden, statistics: TokenStatistics | None = None):
+    """LayerNorm over H without scale or shift: (B, T, H) -> (B, T, H)."""
+    statistics = statistics or token_statistics(hidden)
+    return statistics.centred / paddle.sqrt(statistics.variance + FEATURE_NORM_EPSILON)
+
+
+def feature_map_loss(teacher_hidden, student_hidden, weights, statistics: tuple | None = None):
     """Per row, the mean over real tokens and H of the squared difference of the normalised
     layer outputs: (B, T, H) twice -> (B,).
 
@@ -76,7 +90,10 @@ def feature_map_loss(teacher_hidden, student_hidden, weights):
     keras mean_squared_error leaves a (B, T) tensor whose gradient is that of its *sum*, an
     accident of Keras; the TF1 mean is followed here (TF2's logged metric is that mean too).
     """
-    difference = normalise_features(teacher_hidden.detach()) - normalise_features(student_hidden)
+    teacher_statistics, student_statistics = statistics or (token_statistics(teacher_hidden.detach()),
+                                                            token_statistics(student_hidden))
+    difference = (normalise_features(teacher_hidden, teacher_statistics)
+                  - normalise_features(student_hidden, student_statistics))
     return row_mean_over_tokens((difference ** 2).mean(axis=-1), weights)         # (B, T) -> (B,)
 
 
@@ -101,7 +118,7 @@ def attention_loss(teacher_attention, student_attention, weights):
     return row_mean_over_tokens(cross_entropy, weights)                            # (B,)
 
 
-def mean_variance_losses(teacher_hidden, student_hidden, weights):
+def mean_variance_losses(teacher_hidden, student_hidden, weights, statistics: tuple | None = None):
     """(beta part, gamma part), each (B,), before their factors: per token, the mean and the
     (population) variance over H of the raw layer outputs; squared difference of the means,
     absolute difference of the variances, each averaged over the row's real tokens.
@@ -111,12 +128,9 @@ def mean_variance_losses(teacher_hidden, student_hidden, weights):
     every layer, not layer l -- so its student layer l is pulled towards statistics pooled over
     all teacher layers: a bug (a typo for `teacher_hidden`), not followed here.
     """
-    teacher = teacher_hidden.detach()
-    teacher_mean, student_mean = teacher.mean(axis=-1), student_hidden.mean(axis=-1)      # (B, T)
-    teacher_variance = ((teacher - teacher_mean.unsqueeze(-1)) ** 2).mean(axis=-1)
-    student_variance = ((student_hidden - student_mean.unsqueeze(-1)) ** 2).mean(axis=-1)
-    beta = row_mean_over_tokens((teacher_mean - student_mean) ** 2, weights)
-    gamma = row_mean_over_tokens((teacher_variance - student_variance).abs(), weights)
+    teacher, student = statistics or (token_statistics(teacher_hidden.detach()), token_statistics(student_hidden))
+    beta = row_mean_over_tokens(((teacher.mean - student.mean) ** 2).squeeze(-1), weights)       # (B, T) -> (B,)
+    gamma = row_mean_over_tokens((teacher.variance - student.variance).abs().squeeze(-1), weights)
     return beta, gamma
 
 
@@ -131,8 +145,10 @@ def layer_transfer_losses(teacher_hidden, student_hidden, teacher_attention, stu
     the losses here are the plain sum, comparable across phases.
     """
     weights = token_weights(attention_mask, student_hidden.shape[0], student_hidden.shape[1])
-    beta, gamma = mean_variance_losses(teacher_hidden, student_hidden, weights)
-    parts = {"feature_map_loss": factors.hidden * feature_map_loss(teacher_hidden, student_hidden, weights),
+    statistics = (token_statistics(teacher_hidden.detach()), token_statistics(student_hidden))
+    beta, gamma = mean_variance_losses(teacher_hidden, student_hidden, weights, statistics)
+    parts = {"feature_map_loss": factors.hidden * feature_map_loss(teacher_hidden, student_hidden, weights,
+                                                                   statistics),
              "attention_loss": factors.attention * attention_loss(teacher_attention, student_attention, weights),
              "mean_loss": factors.beta * beta,
              "variance_loss": factors.gamma * gamma}

@@ -187,7 +187,8 @@ def soft_target_cross_entropy(student_logits, labels, teacher_logits, ratio: flo
         true_loss = F.cross_entropy(student_logits, hard_labels, reduction="none").squeeze(-1)
         if ratio == 1.0:
             return true_loss, true_loss
-    teacher = F.softmax(teacher_logits.detach() / temperature, axis=-1)
+    teacher_logits = teacher_logits.detach()
+    teacher = F.softmax(teacher_logits / temperature if temperature != 1.0 else teacher_logits, axis=-1)
     soft_loss = F.cross_entropy(student_logits, teacher, soft_label=True, reduction="none").squeeze(-1)
     return ratio * true_loss + (1.0 - ratio) * soft_loss, true_loss
 

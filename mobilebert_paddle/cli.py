@@ -23,6 +23,7 @@ import warnings
 from typing import NamedTuple
 
 from .core import flags
+from .core.device import use_avx2_mkl_on_amd
 from .core.errors import Interrupted, UserInputError
 from .core.logs import drop_held_logs, logs_held_until_inputs_accepted
 
@@ -66,9 +67,11 @@ COMMANDS: dict[str, Command] = {
 
 
 def use_all_cores() -> None:
-    """Paddle reads OMP_NUM_THREADS once, at import, and defaults to one thread."""
+    """Paddle reads OMP_NUM_THREADS once, at import, and defaults to one thread; on AMD processors
+    its MKL needs telling to use its AVX2 kernels (core/device.use_avx2_mkl_on_amd)."""
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+    use_avx2_mkl_on_amd()
 
 
 def quiet_imports() -> None:

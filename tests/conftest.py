@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from mobilebert_paddle.core.device import use_avx2_mkl_on_amd
+
+# As the CLI does: in-process tests then run the same MKL kernels as the CLI subprocesses they
+# are compared with bit for bit (on AMD processors; a no-op elsewhere).
+use_avx2_mkl_on_amd()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout (read-only public data); tests using it skip when absent.
 SHARED_DATA = Path(os.environ.get("MOBILEBERT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

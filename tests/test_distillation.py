@@ -33,6 +33,7 @@ from mobilebert_paddle.pretraining.distillation_losses import (
     TransferFactors,
     layer_transfer_losses,
     pretraining_distillation_losses,
+    soft_target_cross_entropy,
 )
 
 FACTORS = TransferFactors()          # Google's: hidden 100, attention 1, beta 5000, gamma 5
@@ -156,6 +157,70 @@ def test_distillation_temperature_divides_the_teacher_logits():
                                             tensor([1], "int64"), 0.0, 2.0)
     assert float(parts["distill_mlm_loss"].mean()) == pytest.approx(-(softened * np.log(student_p)).sum(), rel=1e-6)
     assert float(parts["next_sentence_loss"].mean()) == pytest.approx(math.log(1 + math.exp(2.0)), rel=1e-6)
+
+
+def log_softmax_distillation_loss(student_logits, labels, teacher_logits, ratio, temperature):
+    """The stage 2 formula as first written (and as Google's TF1 writes it): targets built as a
+    tensor, times F.log_softmax, summed over the vocabulary. (B, P) per prediction."""
+    vocab = teacher_logits.shape[-1]
+    one_hot = paddle.nn.functional.one_hot(labels.astype("int64"), vocab).astype("float32")
+    teacher = paddle.nn.functional.softmax(teacher_logits / temperature, axis=-1)
+    targets = ratio * one_hot + (1.0 - ratio) * teacher
+    return -(targets * paddle.nn.functional.log_softmax(student_logits, axis=-1)).sum(axis=-1)
+
+
+def google_distillation_loss(student_logits, labels, teacher_logits, ratio, temperature):
+    """Google's definition in float64 numpy: -sum(targets * log_softmax(student)) per prediction."""
+    def log_softmax(x):
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    teacher = np.exp(log_softmax(teacher_logits / temperature))
+    one_hot = np.eye(teacher_logits.shape[-1])[labels]
+    return -((ratio * one_hot + (1 - ratio) * teacher) * log_softmax(student_logits)).sum(axis=-1)
+
+
+@pytest.mark.parametrize("ratio,temperature", [(0.5, 1.0), (0.0, 1.0), (1.0, 1.0), (0.3, 2.0)])
+def test_soft_target_cross_entropy_equals_the_log_softmax_formula_and_googles(ratio, temperature):
+    rng = np.random.default_rng(7)
+    student, teacher = 3 * rng.standard_normal((2, 2, 3, 11))            # (B, P, V) each
+    labels = rng.integers(0, 11, (2, 3))
+    reference = google_distillation_loss(student, labels, teacher, ratio, temperature)
+    values = {}
+    for name, loss_fn in (("ours", lambda *a: soft_target_cross_entropy(*a)[0]),
+                          ("log_softmax", log_softmax_distillation_loss)):
+        logits = tensor(student)
+        logits.stop_gradient = False
+        loss = loss_fn(logits, tensor(labels, "int64"), tensor(teacher), ratio, temperature)
+        (loss * tensor(np.arange(6).reshape(2, 3) + 1.0)).sum().backward()   # a weighted sum: per-slot gradients
+        values[name] = (loss.numpy(), logits.grad.numpy())
+    np.testing.assert_allclose(values["ours"][0], reference, rtol=1e-6)
+    np.testing.assert_allclose(values["ours"][0], values["log_softmax"][0], rtol=1e-6)
+    np.testing.assert_allclose(values["ours"][1], values["log_softmax"][1], rtol=1e-5, atol=1e-7)
+    true_loss = soft_target_cross_entropy(tensor(student), tensor(labels, "int64"), tensor(teacher), ratio,
+                                          temperature)[1]
+    np.testing.assert_allclose(true_loss.numpy(), google_distillation_loss(student, labels, teacher, 1.0, 1.0),
+                               rtol=1e-6)
+
+
+def test_no_log_softmax_on_the_vocabulary_axis(monkeypatch):
+    """Paddle's CPU log_softmax backward is quadratic in its axis (minutes a step at 30,522
+    pieces): the pretraining and distillation losses must not call it."""
+    from mobilebert_paddle.pretraining.task import PretrainingTask
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("F.log_softmax called on a loss path")
+
+    monkeypatch.setattr(paddle.nn.functional, "log_softmax", refuse)
+    monkeypatch.setattr(paddle.nn.functional.activation, "log_softmax", refuse)
+    logits = tensor(np.random.default_rng(0).standard_normal((2, 3, 7)))
+    logits.stop_gradient = False
+    labels = {"masked_labels": tensor([[1, 2, 0], [3, 4, 5]], "int64"), "masked_weights": tensor([[1, 1, 0], [1, 1, 1]]),
+              "next_sentence_label": tensor([[0], [1]], "int64")}
+    parts = PretrainingTask.loss_parts((logits, tensor([[0.0, 1.0], [1.0, 0.0]])), labels)
+    distill = pretraining_distillation_losses(logits, logits * 2, labels["masked_labels"], labels["masked_weights"],
+                                              tensor([[0.0, 1.0], [1.0, 0.0]]), tensor([0, 1], "int64"), 0.5, 1.0)
+    (parts["masked_lm_loss"].sum() + distill["loss"].sum()).backward()
+    assert np.isfinite(logits.grad.numpy()).all()
 
 
 # ----- the layer schedule --------------------------------------------------------------------

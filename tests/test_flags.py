@@ -79,6 +79,14 @@ def test_every_default_is_in_range():
             assert action.type(str(action.default)) == action.default, (name, action.option_strings[0])
 
 
+def test_gradient_clipping_defaults_follow_each_recipe():
+    """Google clips at a global norm of 1.0 in pretraining and distillation (optimization.py);
+    the fine-tuning recipe (MobileBert_paddle's) did not clip."""
+    defaults = {name: next(action.default for action in command_parser(name)._actions
+                           if action.dest == "max_grad_norm") for name in ("pretrain", "distill", "finetune")}
+    assert defaults == {"pretrain": 1.0, "distill": 1.0, "finetune": 0.0}
+
+
 @pytest.mark.parametrize("name, flag, value", CASES)
 def test_bad_numeric_value_is_one_line_before_anything_runs(name, flag, value, tmp_path, capsys):
     output = tmp_path / "out"

@@ -560,3 +560,84 @@ def test_a_restarted_optimizer_is_saved_under_the_names_a_resumed_run_loads(opti
     steps(model, restarted, 2)
     steps(resumed, resumed_optimizer, 2)
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.parameters(), resumed.parameters()))
+
+
+@pytest.mark.parametrize("vendor, flags, preset, expected", [
+    ("AuthenticAMD", "fpu sse2 avx avx2 fma", None, "5"),
+    ("AuthenticAMD", "fpu sse2 avx", None, None),                 # no AVX2: its kernels would fault
+    ("GenuineIntel", "fpu sse2 avx avx2 avx512f", None, None),    # Intel: MKL picks its best path itself
+    ("AuthenticAMD", "fpu sse2 avx avx2", "4", "4"),              # the user's choice stands
+])
+def test_mkl_avx2_dispatch_is_set_only_on_amd_with_avx2(vendor, flags, preset, expected, tmp_path):
+    from mobilebert_paddle.core.device import MKL_DISPATCH_VARIABLE, use_avx2_mkl_on_amd
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\n")
+    environ = {} if preset is None else {MKL_DISPATCH_VARIABLE: preset}
+    assert use_avx2_mkl_on_amd(environ, cpuinfo) == (expected is not None and preset is None)
+    assert environ.get(MKL_DISPATCH_VARIABLE) == expected
+    assert not use_avx2_mkl_on_amd({}, tmp_path / "missing")
+
+
+def test_training_without_strided_views_is_bit_identical():
+    """core/device.copy_instead_of_strided_views (what --device cpu sets) changes no value: a
+    pretraining model's outputs and gradients, with the flag off and on, bit for bit."""
+    from mobilebert_paddle.model.config import MobileBertConfig
+    from mobilebert_paddle.model.network import MobileBertForPreTraining
+
+    config = MobileBertConfig(vocab_size=50, hidden_size=32, embedding_size=16, intra_bottleneck_size=16,
+                              intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                              max_position_embeddings=32, attention_probs_dropout_prob=0.0)
+    config.architectures = ["MobileBertForPreTraining"]
+    paddle.seed(3)
+    model = MobileBertForPreTraining(config)
+    rng = np.random.default_rng(0)
+    ids = paddle.to_tensor(rng.integers(0, 50, (3, 20)))
+    mask = paddle.to_tensor((np.arange(20)[None, :] < np.array([[20], [13], [7]])).astype("int64"))
+    positions = paddle.to_tensor(rng.integers(0, 7, (3, 4)))
+    previous = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
+    results = {}
+    try:
+        for strided in (True, False):
+            paddle.set_flags({"FLAGS_use_stride_kernel": strided})
+            model.train()
+            model.clear_gradients()
+            output = model(ids, paddle.zeros_like(ids), mask, masked_positions=positions)
+            (output.prediction_logits.square().mean() + output.seq_relationship_logits.sum()).backward()
+            results[strided] = [output.prediction_logits.numpy()] + [param.grad.numpy() for param in model.parameters()
+                                                                      if param.grad is not None]
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": previous})
+    assert len(results[True]) == len(results[False]) > 20
+    assert all((a == b).all() for a, b in zip(results[True], results[False]))
+
+
+def test_clip_gradients_norm_and_scaling():
+    """The global norm equals float64's; under --max-grad-norm nothing changes (bit for bit),
+    over it every gradient is scaled by max / (norm + 1e-6), as paddle.nn.utils.clip_grad_norm_."""
+    from mobilebert_paddle.training.optim import clip_gradients
+
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal(shape).astype("float32") * scale
+              for shape, scale in (((3000, 128), 1.0), ((128,), 30.0), ((64, 64), 0.01))]
+    exact = math.sqrt(sum(float(np.sum(value.astype(np.float64) ** 2)) for value in values))
+
+    def parameters_with(gradients):
+        """Parameters whose .grad is `gradients`, made by a backward pass (as in training)."""
+        params = [paddle.create_parameter(list(gradient.shape), "float32") for gradient in gradients]
+        sum(paddle.sum(param * paddle.to_tensor(gradient)) for param, gradient in zip(params, gradients)).backward()
+        return params
+
+    params = parameters_with(values)
+    assert clip_gradients(params, 0.0) == pytest.approx(exact, rel=1e-6)
+    assert clip_gradients(params, exact * 1.01) == pytest.approx(exact, rel=1e-6)
+    assert all((param.grad.numpy() == value).all() for param, value in zip(params, values))   # untouched
+    assert clip_gradients(params, 1.0) == pytest.approx(exact, rel=1e-6)
+    clipped = [param.grad.numpy() for param in params]
+    for value, gradient in zip(values, clipped):
+        np.testing.assert_allclose(gradient, value * (1.0 / (exact + 1e-6)), rtol=2e-6, atol=1e-12)
+    reference = parameters_with(values)
+    paddle.nn.utils.clip_grad_norm_(reference, 1.0)
+    for param, gradient in zip(reference, clipped):
+        np.testing.assert_allclose(param.grad.numpy(), gradient, rtol=1e-3)    # theirs sums squares less exactly
+

@@ -109,7 +109,8 @@ OPTIMIZERS = ("adamw", "lamb")
 
 
 def add_optimizer_arguments(group, *, optimizer: str, learning_rate: float, batch_size: int, weight_decay: float,
-                            adam_beta2: float, seed_help: str, max_grad_norm_help: str = "") -> None:
+                            adam_beta2: float, seed_help: str, max_grad_norm: float = 0.0,
+                            max_grad_norm_help: str = "") -> None:
     """The optimisation flags finetune, pretrain and distill share, with each command's defaults
     (fine-tuning: the MobileBert_paddle recipe; pretrain and distill: Google's LAMB recipe)."""
     group.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer,
@@ -124,7 +125,7 @@ def add_optimizer_arguments(group, *, optimizer: str, learning_rate: float, batc
     group.add_argument("--adam-beta2", type=number(minimum=0, below=1), default=adam_beta2,
                        help="AdamW / LAMB second-moment decay")
     group.add_argument("--adam-epsilon", type=number(above=0), default=1e-6, help="AdamW / LAMB denominator epsilon")
-    group.add_argument("--max-grad-norm", type=number(minimum=0), default=0.0,
+    group.add_argument("--max-grad-norm", type=number(minimum=0), default=max_grad_norm,
                        help="clip the global gradient norm to this; 0 = no clipping" + max_grad_norm_help)
     group.add_argument("--gradient-accumulation-steps", type=integer(minimum=1), default=1,
                        help="forward/backward passes each process splits its share of a batch into")

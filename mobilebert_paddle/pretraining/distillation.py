@@ -281,6 +281,7 @@ class DistillationTask(PretrainingTask):
         super().__init__(masking)
         self.teacher, self.schedule, self.factors = teacher, schedule, factors
         self.ratio, self.temperature = ratio, temperature
+        self.parameter_groups: list | None = None          # (student path, schedule group), read at first use
         teacher.eval()                                    # no dropout: a fixed target
         for parameter in teacher.parameters():
             parameter.stop_gradient = True
@@ -317,7 +318,9 @@ class DistillationTask(PretrainingTask):
         point = self.schedule.at(step)
         if point.stage != "transfer":
             return {}
-        return {path: point.multipliers[parameter_group(path)] for path, _ in model.named_parameters()}
+        if self.parameter_groups is None:      # the model's structure is fixed: its groups are read once
+            self.parameter_groups = [(path, parameter_group(path)) for path, _ in model.named_parameters()]
+        return {path: point.multipliers[group] for path, group in self.parameter_groups}
 
     def learning_rate_schedule(self, config, total_steps: int):
         return StagedSchedule(config.learning_rate, config.min_lr, self.schedule.transfer_steps,

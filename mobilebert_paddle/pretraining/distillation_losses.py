@@ -7,7 +7,7 @@ Stage 1, one layer's transfer losses (`layer_transfer_losses`):
   variance       mean over tokens of |var_H teacher_l - var_H student_l|       x gamma
 (LN: LayerNorm over H without parameters.)
 Stage 2 (`pretraining_distillation_losses`): MLM against ratio x one-hot + (1 - ratio) x the
-teacher's softmax, plus NSP.
+teacher's softmax (`soft_target_cross_entropy`, linear in the vocabulary), plus NSP.
 Shapes: B batch, T tokens, H hidden_size, N heads, P masked positions per row, V vocabulary.
 """
 
@@ -61,14 +61,28 @@ def row_mean_over_tokens(per_token, weights):
     return (per_token * weights).sum(axis=1) / weights.sum(axis=1)
 
 
-def normalise_features(hidden):
-    """LayerNorm over H without scale or shift: (B, T, H) -> (B, T, H)."""
+class TokenStatistics(NamedTuple):
+    """Per token, over H: the mean (B, T, 1), the centred values (B, T, H) and the population
+    variance (B, T, 1). Feature maps and the mean/variance losses both read them: computed once."""
+
+    mean: paddle.Tensor
+    centred: paddle.Tensor
+    variance: paddle.Tensor
+
+
+def token_statistics(hidden) -> TokenStatistics:
     mean = hidden.mean(axis=-1, keepdim=True)
-    variance = ((hidden - mean) ** 2).mean(axis=-1, keepdim=True)
-    return (hidden - mean) / paddle.sqrt(variance + FEATURE_NORM_EPSILON)
+    centred = hidden - mean
+    return TokenStatistics(mean, centred, (centred ** 2).mean(axis=-1, keepdim=True))
 
 
-def feature_map_loss(teacher_hidden, student_hidden, weights):
+def normalise_features(hidden, statistics: TokenStatistics | None = None):
+    """LayerNorm over H without scale or shift: (B, T, H) -> (B, T, H)."""
+    statistics = statistics or token_statistics(hidden)
+    return statistics.centred / paddle.sqrt(statistics.variance + FEATURE_NORM_EPSILON)
+
+
+def feature_map_loss(teacher_hidden, student_hidden, weights, statistics: tuple | None = None):
     """Per row, the mean over real tokens and H of the squared difference of the normalised
     layer outputs: (B, T, H) twice -> (B,).
 
@@ -76,7 +90,10 @@ def feature_map_loss(teacher_hidden, student_hidden, weights):
     keras mean_squared_error leaves a (B, T) tensor whose gradient is that of its *sum*, an
     accident of Keras; the TF1 mean is followed here (TF2's logged metric is that mean too).
     """
-    difference = normalise_features(teacher_hidden.detach()) - normalise_features(student_hidden)
+    teacher_statistics, student_statistics = statistics or (token_statistics(teacher_hidden.detach()),
+                                                            token_statistics(student_hidden))
+    difference = (normalise_features(teacher_hidden, teacher_statistics)
+                  - normalise_features(student_hidden, student_statistics))
     return row_mean_over_tokens((difference ** 2).mean(axis=-1), weights)         # (B, T) -> (B,)
 
 
@@ -101,7 +118,7 @@ def attention_loss(teacher_attention, student_attention, weights):
     return row_mean_over_tokens(cross_entropy, weights)                            # (B,)
 
 
-def mean_variance_losses(teacher_hidden, student_hidden, weights):
+def mean_variance_losses(teacher_hidden, student_hidden, weights, statistics: tuple | None = None):
     """(beta part, gamma part), each (B,), before their factors: per token, the mean and the
     (population) variance over H of the raw layer outputs; squared difference of the means,
     absolute difference of the variances, each averaged over the row's real tokens.
@@ -111,12 +128,9 @@ def mean_variance_losses(teacher_hidden, student_hidden, weights):
     every layer, not layer l -- so its student layer l is pulled towards statistics pooled over
     all teacher layers: a bug (a typo for `teacher_hidden`), not followed here.
     """
-    teacher = teacher_hidden.detach()
-    teacher_mean, student_mean = teacher.mean(axis=-1), student_hidden.mean(axis=-1)      # (B, T)
-    teacher_variance = ((teacher - teacher_mean.unsqueeze(-1)) ** 2).mean(axis=-1)
-    student_variance = ((student_hidden - student_mean.unsqueeze(-1)) ** 2).mean(axis=-1)
-    beta = row_mean_over_tokens((teacher_mean - student_mean) ** 2, weights)
-    gamma = row_mean_over_tokens((teacher_variance - student_variance).abs(), weights)
+    teacher, student = statistics or (token_statistics(teacher_hidden.detach()), token_statistics(student_hidden))
+    beta = row_mean_over_tokens(((teacher.mean - student.mean) ** 2).squeeze(-1), weights)       # (B, T) -> (B,)
+    gamma = row_mean_over_tokens((teacher.variance - student.variance).abs().squeeze(-1), weights)
     return beta, gamma
 
 
@@ -131,8 +145,10 @@ def layer_transfer_losses(teacher_hidden, student_hidden, teacher_attention, stu
     the losses here are the plain sum, comparable across phases.
     """
     weights = token_weights(attention_mask, student_hidden.shape[0], student_hidden.shape[1])
-    beta, gamma = mean_variance_losses(teacher_hidden, student_hidden, weights)
-    parts = {"feature_map_loss": factors.hidden * feature_map_loss(teacher_hidden, student_hidden, weights),
+    statistics = (token_statistics(teacher_hidden.detach()), token_statistics(student_hidden))
+    beta, gamma = mean_variance_losses(teacher_hidden, student_hidden, weights, statistics)
+    parts = {"feature_map_loss": factors.hidden * feature_map_loss(teacher_hidden, student_hidden, weights,
+                                                                   statistics),
              "attention_loss": factors.attention * attention_loss(teacher_attention, student_attention, weights),
              "mean_loss": factors.beta * beta,
              "variance_loss": factors.gamma * gamma}
@@ -144,20 +160,37 @@ def layer_transfer_losses(teacher_hidden, student_hidden, teacher_attention, stu
 # Pretraining distillation losses (stage 2)
 # --------------------------------------------------------------------------------------------
 
-def distillation_targets(labels, teacher_logits, ratio: float, temperature: float):
-    """ratio x one-hot(labels) + (1 - ratio) x softmax(teacher_logits / temperature): (B, P, V).
+def soft_target_cross_entropy(student_logits, labels, teacher_logits, ratio: float, temperature: float):
+    """Per prediction (B, P): -sum over the vocabulary of targets x log_softmax(student_logits),
+    targets = ratio x one-hot(labels) + (1 - ratio) x softmax(teacher_logits / temperature)
+    (Google's TF1 distillation target); and the cross entropy against the label alone (Google's
+    `true_loss`).
+
+    The loss is linear in the targets, so it is computed as ratio x (hard-label cross entropy)
+    + (1 - ratio) x (soft-label cross entropy against the teacher's softmax), each by Paddle's
+    fused softmax-with-cross-entropy kernel, whose backward (softmax - targets) is linear in V on
+    every device, and no one-hot (B, P, V) tensor is built. tests/test_distillation.py checks it
+    against the targets x F.log_softmax formula and against Google's definition in float64.
+    Never F.log_softmax on this axis: Paddle's CPU backward of log_softmax is quadratic in the
+    axis length (a stage 2 step with BERT's 30,522 pieces took ~150 s; benchmarks/training_speed.py).
 
     The temperature divides the teacher's logits (the usual definition; the student's logits
     are not scaled, as in Google's code). Google's TF1 instead multiplies the teacher's
     sequence output by the temperature before the MLM head, whose LayerNorm largely undoes it,
     and TF2 has no temperature; all three agree at Google's default of 1.
     """
-    vocab_size = teacher_logits.shape[-1]
-    one_hot = F.one_hot(labels.astype("int64"), vocab_size).astype(teacher_logits.dtype)
-    if ratio == 1.0:
-        return one_hot
-    teacher = F.softmax(teacher_logits.detach() / temperature, axis=-1)
-    return ratio * one_hot + (1.0 - ratio) * teacher
+    hard_labels = labels.astype("int64").unsqueeze(-1)
+    if ratio == 0.0:
+        with paddle.no_grad():          # logged only: no backward through it
+            true_loss = F.cross_entropy(student_logits, hard_labels, reduction="none").squeeze(-1)
+    else:
+        true_loss = F.cross_entropy(student_logits, hard_labels, reduction="none").squeeze(-1)
+        if ratio == 1.0:
+            return true_loss, true_loss
+    teacher_logits = teacher_logits.detach()
+    teacher = F.softmax(teacher_logits / temperature if temperature != 1.0 else teacher_logits, axis=-1)
+    soft_loss = F.cross_entropy(student_logits, teacher, soft_label=True, reduction="none").squeeze(-1)
+    return ratio * true_loss + (1.0 - ratio) * soft_loss, true_loss
 
 
 def pretraining_distillation_losses(student_logits, teacher_logits, labels, label_weights,
@@ -166,19 +199,18 @@ def pretraining_distillation_losses(student_logits, teacher_logits, labels, labe
 
     student_logits / teacher_logits: (B, P, V) at the masked positions; labels (B, P) the
     original tokens; label_weights (B, P): 1 for a real prediction, 0 for padding of the P
-    slots. A row's MLM loss is the mean over its predictions of -sum targets * log_softmax
+    slots. A row's MLM loss is the mean over its predictions of soft_target_cross_entropy
     (Google averages over the batch's predictions; per row, each row weighs the same, which is
     what lets 1 and N processes compute the same update), its NSP loss the cross-entropy of its
     label. Also returned: the MLM loss against the ground truth alone (Google's TF1 `true_loss`),
     logged so that the student's progress reads like pretraining's.
     """
-    log_probabilities = F.log_softmax(student_logits, axis=-1)                        # (B, P, V)
-    targets = distillation_targets(labels, teacher_logits, ratio, temperature)
-    weights = label_weights.astype(log_probabilities.dtype)
-    count = paddle.clip(weights.sum(axis=1), min=1.0)                                 # (B,)
-    distill = (-(targets * log_probabilities).sum(axis=-1) * weights).sum(axis=1) / count
-    true_log_probability = paddle.take_along_axis(log_probabilities, labels.astype("int64").unsqueeze(-1), axis=-1)
-    masked_lm = (-true_log_probability.squeeze(-1) * weights).sum(axis=1) / count
+    per_prediction, true_per_prediction = soft_target_cross_entropy(student_logits, labels, teacher_logits,
+                                                                     ratio, temperature)        # (B, P) each
+    weights = label_weights.astype(per_prediction.dtype)
+    count = paddle.clip(weights.sum(axis=1), min=1.0)                                  # (B,)
+    distill = (per_prediction * weights).sum(axis=1) / count
+    masked_lm = (true_per_prediction * weights).sum(axis=1) / count
     next_sentence = F.cross_entropy(nsp_logits, nsp_labels.astype("int64").reshape([-1, 1]), reduction="none")
     next_sentence = next_sentence.reshape([-1])
     return {"distill_mlm_loss": distill, "next_sentence_loss": next_sentence, "masked_lm_loss": masked_lm,

@@ -3,8 +3,10 @@ objectives with the ForPreTraining head (paper §3-4, Google's run_pretraining.p
 `pretraining` task (task.py) run by the one training loop.
 
 Defaults are Google's LAMB recipe: lr 1.5e-3, batch 2048, warmup then linear decay to 0, weight
-decay 0.01, beta2 0.999, 20 predictions a row. Google warms up over 10k of its 1M steps; here the
-warmup is that share (WARMUP_RATIO, 1%) of whatever the run's steps are, or --warmup-steps.
+decay 0.01, beta2 0.999, 20 predictions a row, gradients clipped to a global norm of 1.0 (as
+Google's optimization.py; `distill` shares these defaults). Google warms up over 10k of its 1M
+steps; here the warmup is that share (WARMUP_RATIO, 1%) of whatever the run's steps are, or
+--warmup-steps.
 
 `mobilebert evaluate pretraining --model DIR --data DATA_DIR --output DIR` scores a model with the
 masking settings its config.json stores from training.
@@ -61,7 +63,9 @@ def add_training_arguments(parser: argparse.ArgumentParser,
     recipe as defaults); returns the optimisation group for a command's own step flags."""
     optim = parser.add_argument_group("optimisation")
     flags.add_optimizer_arguments(optim, optimizer="lamb", learning_rate=1.5e-3, batch_size=2048, weight_decay=0.01,
-                                  adam_beta2=0.999, seed_help="fixes initialisation, row order, masks, dropout")
+                                  adam_beta2=0.999, seed_help="fixes initialisation, row order, masks, dropout",
+                                  max_grad_norm=1.0, max_grad_norm_help=" (Google clips at 1.0 in pretraining and "
+                                                                        "distillation)")
     optim.add_argument("--warmup-ratio", type=flags.number(minimum=0, below=1), default=WARMUP_RATIO,
                        help="warmup as a share of the steps it leads into (Google: 10k of 1M steps)")
     optim.add_argument("--warmup-steps", type=flags.integer(minimum=0), default=None,

@@ -1,6 +1,6 @@
 """The optimiser and the learning-rate schedule of every training command: AdamW or LAMB with weight
 decay off biases and norm weights, warmup then cosine or linear decay to min_lr at decay_ratio,
-and per-parameter learning-rate multipliers (distillation's layer schedule).
+per-parameter learning-rate multipliers (distillation's layer schedule), and gradient clipping.
 """
 
 
@@ -58,13 +58,38 @@ def build_optimizer(model, scheduler, config) -> paddle.optimizer.Optimizer:
                                   apply_decay_param_fun=lambda name: name not in no_decay)
 
 
-def set_learning_rate_multipliers(model, multipliers: dict[str, float]) -> None:
+def set_learning_rate_multipliers(model, multipliers: dict[str, float], named_parameters=None) -> None:
     """Scale each named parameter's learning rate (the others get 1). Paddle's optimizers read
     `optimize_attr["learning_rate"]` at every step and use schedule x multiplier for the update
     and the decoupled weight decay alike, so a multiplier of 0 leaves a parameter bit-identical
-    (tests/test_pretraining.py checks AdamW and LAMB)."""
-    unknown = set(multipliers) - {path for path, _ in model.named_parameters()}
+    (tests/test_pretraining.py checks AdamW and LAMB). `named_parameters`: the model's
+    (path, parameter) list when the caller holds it (walking the layers costs ~5 ms at full size)."""
+    named = list(model.named_parameters()) if named_parameters is None else named_parameters
+    unknown = set(multipliers) - {path for path, _ in named}
     if unknown:
         raise ValueError(f"learning-rate multipliers for no parameter of the model: {sorted(unknown)[:4]}")
-    for path, param in model.named_parameters():
+    for path, param in named:
         param.optimize_attr["learning_rate"] = float(multipliers.get(path, 1.0))
+
+
+def clip_gradients(parameters, max_norm: float) -> float:
+    """The global L2 norm of the parameters' gradients; when max_norm > 0 and the norm exceeds
+    it, every gradient is scaled by max_norm / (norm + 1e-6) (paddle.nn.utils.clip_grad_norm_'s
+    rule; Google's clip_by_global_norm differs by the 1e-6). Returns the norm before clipping.
+
+    Each tensor's squared norm is one square-and-sum: Paddle's clip_grad_norm_ and
+    paddle.linalg.norm take several passes per tensor (132 ms a step over MobileBERT's 1,113
+    tensors on one core, against 17 here) and add up the squares less accurately (relative
+    error 3e-4 on the full model's norm, against 1e-7 here; tests/test_train.py)."""
+    gradients = [param.grad for param in parameters if param.grad is not None]
+    if not gradients:
+        return 0.0
+    squares = [paddle.square(gradient.detach().astype("float32")).sum() for gradient in gradients]
+    norm = float(paddle.sqrt(paddle.add_n(squares)))
+    if max_norm > 0 and math.isfinite(norm):
+        coefficient = max_norm / (norm + 1e-6)
+        if coefficient < 1.0:             # a factor of 1 would leave every gradient as it is
+            with paddle.no_grad():
+                for gradient in gradients:
+                    gradient.scale_(coefficient)
+    return norm

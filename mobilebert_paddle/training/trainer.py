@@ -75,6 +75,7 @@ from .checkpoint import (
 from .optim import (
     WarmupDecaySchedule,
     build_optimizer,
+    clip_gradients,
     set_learning_rate_multipliers,
 )
 
@@ -223,6 +224,8 @@ class Trainer:
         self.log = RunLog(output, self.is_main)
         self.last_grad_norm = math.nan
         self.last_lr = self.scheduler.last_lr
+        self.applied_multipliers: dict | None = None        # the learning-rate multipliers in force
+        self.named_parameters = list(model.named_parameters())
 
     # ----- the run -------------------------------------------------------------------------
 
@@ -270,7 +273,10 @@ class Trainer:
             # (Zeroing the old one's in place would miss the moments a resumed run's set_state_dict
             # still holds back until its first step, and bring stage 1's back.)
             self.optimizer = build_optimizer(self.raw_model, self.scheduler, self.config)
-        set_learning_rate_multipliers(self.raw_model, self.task.learning_rate_multipliers(self.raw_model, step))
+        multipliers = self.task.learning_rate_multipliers(self.raw_model, step)
+        if multipliers != self.applied_multipliers:        # a loop over every parameter: only on a change
+            set_learning_rate_multipliers(self.raw_model, multipliers, self.named_parameters)
+            self.applied_multipliers = multipliers
         lr = self.optimizer.get_lr()
         result = self.train_step(self.sampler.local_batch(number), global_count, step)
         self.state.step += 1
@@ -322,11 +328,7 @@ class Trainer:
 
     def gradient_norm(self) -> float:
         """Global L2 norm of the gradients (before clipping); clips them to --max-grad-norm when set."""
-        parameters = [param for param in self.raw_model.parameters() if param.grad is not None]
-        if self.config.max_grad_norm > 0:
-            return float(paddle.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm))
-        norms = paddle.stack([paddle.linalg.norm(param.grad.detach().astype("float32")) for param in parameters])
-        return float(paddle.linalg.norm(norms))
+        return clip_gradients(self.raw_model.parameters(), self.config.max_grad_norm)
 
     def all_sum(self, values: list[float]) -> list[float]:
         if self.world_size == 1:

@@ -3,7 +3,7 @@
 For a model dir it builds every backend from the same weights -- Paddle eager, Paddle Inference
 (with oneDNN, plain and fused, and without oneDNN), ONNX Runtime (plain, fused, int8), OpenVINO
 (when named in --backends: float32 plain and fused, NNCF static int8, bf16), HuggingFace's PyTorch
-model (the Paddle weights converted back in memory with `paddle_to_hf`) and, with --peers, what a
+model (the Paddle weights converted back in memory, model/convert.hf_twin) and, with --peers, what a
 user would run instead (peers.py: the HF model through ONNX Runtime and OpenVINO) -- checks each one's
 outputs against PyTorch, then times them interleaved (one call of each backend per round,
 the order rotated every round so no backend always runs right after another) and reports the
@@ -60,7 +60,7 @@ from ..inference.predictors import (
 )
 from ..inference.quantize import calibration_windows, import_nncf
 from ..model.config import MobileBertConfig
-from ..model.modeldir import model_state_numpy, paddle_to_hf
+from ..model.convert import hf_twin
 from . import peers
 from .peers import PEERS
 
@@ -178,28 +178,6 @@ def _seconds(function: Callable) -> float:
 # ----------------------------------------------------------------------------------------
 # Building the backends
 # ----------------------------------------------------------------------------------------
-
-def hf_twin(model, config: MobileBertConfig, threads: int):
-    """HF's PyTorch model (eval mode) with the Paddle model's weights (converted back in memory)."""
-    try:
-        import torch
-        import transformers
-    except ImportError as error:
-        raise UserInputError(f"bench compares against PyTorch: {error}; "
-                             "pip install 'mobilebert-paddle[torch]'") from None
-
-    torch.set_num_threads(threads)
-    architecture = config.architectures[0]
-    values = {key: value for key, value in config.to_dict().items() if key != "trigram_ignores_padding"}
-    hf_model = getattr(transformers, architecture)(transformers.MobileBertConfig(**values)).eval()
-    state = {key: torch.from_numpy(value) for key, value in paddle_to_hf(model_state_numpy(model), config, type(model)).items()}
-    result = hf_model.load_state_dict(state, strict=False)
-    tied_or_buffers = ("position_ids", "decoder.weight", "decoder.bias")
-    missing = [key for key in result.missing_keys if not key.endswith(tied_or_buffers)]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(f"PyTorch twin: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
-    return hf_model
-
 
 def torch_runner(hf_model):
     import torch

@@ -320,6 +320,7 @@ def test_int8_export_has_int8_weights_and_stays_close(tmp_path, qa_dir, qa_expor
 
 
 @needs_converter
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["MobileBertModel", "MobileBertForTokenClassification"])
 def test_other_heads_convert_and_equal_eager(tmp_path, head):
     model_dir = paddle_model_dir(tmp_path, head)
@@ -333,6 +334,7 @@ def test_other_heads_convert_and_equal_eager(tmp_path, head):
 
 
 @needs_converter
+@pytest.mark.slow
 def test_bench_times_litert_beside_the_other_backends_with_file_sizes(tmp_path, qa_dir, capsys):
     code, report, err = run_cli(capsys, ["bench", "--model", qa_dir, "--backends", "torch,onnx,litert",
                                          "--batch", "1,2", "--seq", "16", "--runs", 1, "--warmup", 0, "--pause", 0,

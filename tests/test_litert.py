@@ -380,6 +380,7 @@ def test_without_the_extra_each_command_names_it(tmp_path, qa_dir, capsys, monke
     assert not (tmp_path / "out").exists()
 
 
+@needs_converter      # without it, the missing extra is the one line
 def test_models_transformers_cannot_build_are_refused_in_one_line(tmp_path, capsys):
     """IB-BERT's layout (queries and keys read the H-wide input) has no HF twin to convert."""
     model_dir = make_tiny_model_dir(tmp_path / "ib", use_bottleneck_attention=False, key_query_shared_bottleneck=False)

@@ -54,6 +54,8 @@ EXPORTS = {  # name -> (format, fuse, quantize)
     "openvino-fused": ("openvino", True, None),
     "openvino-int8-static": ("openvino", False, "int8-static"),
     "openvino-fused-int8-static": ("openvino", True, "int8-static"),
+    "litert": ("litert", False, None),
+    "litert-int8": ("litert", False, "int8"),
 }
 ACTIVATION_GRANULARITIES = ("tensor", "row", "channel")
 

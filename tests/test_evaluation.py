@@ -163,6 +163,29 @@ def test_evaluate_on_openvino_scores_as_eager(qa_run, tmp_path, capsys):
     assert (tmp_path / "eval" / "predictions.json").read_text() == (run / "best" / "predictions.json").read_text()
 
 
+def test_evaluate_on_litert_scores_as_eager(qa_run, tmp_path, capsys):
+    """`evaluate --backend litert` on the trained model dir (converted to a .tflite in memory at
+    the model's max_seq_length, run by ai-edge-litert): the metrics and predictions training
+    recorded with eager Paddle. An export at 32 tokens refuses 48-token windows in one line."""
+    pytest.importorskip("litert_torch")
+    run, dev = qa_run
+    code, summary, err = run_cli(capsys, ["evaluate", "squad1", "--model", run / "best", "--data", dev,
+                                          "--output", tmp_path / "eval", "--backend", "litert", *QA_FLAGS])
+    assert code == 0, err
+    recorded = json.loads((run / "best" / "metrics.json").read_text())
+    recorded.pop("step")
+    assert summary["backend"] == "litert" and summary["metrics"] == recorded
+    assert (tmp_path / "eval" / "predictions.json").read_text() == (run / "best" / "predictions.json").read_text()
+    code, _, err = run_cli(capsys, ["export", "--model", run / "best", "--format", "litert", "--output",
+                                    tmp_path / "litert"])
+    assert code == 0, err
+    code, _, err = run_cli(capsys, ["evaluate", "squad1", "--model", tmp_path / "litert", "--data", dev,
+                                    "--output", tmp_path / "eval48", "--backend", "litert",
+                                    "--max-seq-length", 48, *QA_FLAGS[2:]])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "a row of 48 tokens is longer than the LiteRT export's longest signature (32)" in err
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["evaluate", "mnli", "--model", "{qa}", "--data", "{dev}", "--output", "{out}"],
      "the model is a MobileBertForQuestionAnswering; this needs a fine-tuned MobileBertForSequenceClassification"),

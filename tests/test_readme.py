@@ -405,6 +405,13 @@ COVERAGE = {
     "export --calibration-data --format --fuse --model --output --quantize": Coverage(check_export),
     "bench --backends --batch --model --peers --seq": Coverage(check_bench),
     "quickstart --output": Coverage(None, False, "tests/test_quickstart.py"),
+    # LiteRT (the litert extra, which CI installs in a second environment: tests/test_litert.py runs there)
+    "export --format --model --output --seq-lengths": Coverage(None, False, "tests/test_litert.py"),
+    "export --format --model --output --quantize --seq-lengths": Coverage(None, False, "tests/test_litert.py"),
+    "evaluate squad1 --backend --data --max-seq-length --model --output":
+        Coverage(None, False, "tests/test_evaluation.py (test_evaluate_on_litert_scores_as_eager)"),
+    "predict --backend --model --text": Coverage(None, False, "tests/test_litert.py"),
+    "bench --backends --batch --model --seq": Coverage(None, False, "tests/test_litert.py"),
 }
 
 NOT_RUN = Coverage(None, False)

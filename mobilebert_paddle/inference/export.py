@@ -1,5 +1,5 @@
-"""`mobilebert export`: a static Paddle inference model, an ONNX model or an OpenVINO IR, optionally
-fused (fuse.py) and int8 (quantize.py).
+"""`mobilebert export`: a static Paddle inference model, an ONNX model, an OpenVINO IR (optionally
+fused (fuse.py) and int8 (quantize.py)), or a LiteRT .tflite for phones (litert.py).
 
 An export directory holds config.json (with `architectures`), the tokenizer files, the model
 file(s) and export.json, the manifest predictors.read_manifest reads. Every export is checked
@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..core import flags
 from ..core.errors import UserInputError
@@ -25,6 +25,8 @@ from ..core.files import atomic_directory, atomic_write_json, check_separate_dir
 from ..core.numerics import relative_error
 from ..model.config import MobileBertConfig
 from ..model.modeldir import copy_tokenizer_files
+from .litert import compare_signatures, require_converter, write_litert
+from .litert import library_versions as litert_versions
 from .onnx_graph import ONNX_OPSET, save_static_model, static_to_onnx
 from .outliers import prepare_for_int8, random_batch
 from .predictors import (
@@ -75,9 +77,10 @@ def compare_with_eager(predictor: Predictor, reference: Predictor, batch: dict) 
 
 def write_export(model, config: MobileBertConfig, source: Path, staging: Path, export_format: str,
                  fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET,
-                 calibration: Optional[dict] = None) -> dict:
+                 calibration: Optional[dict] = None, seq_lengths: Optional[Sequence[int]] = None) -> dict:
     """Write the export into the (empty) directory `staging`; returns the manifest.
-    `calibration`: model inputs {name: (N, T) array} for --quantize int8-static."""
+    `calibration`: model inputs {name: (N, T) array} for --quantize int8-static;
+    `seq_lengths`: the LiteRT signatures' lengths (default: the model's max_seq_length)."""
 
     architecture = config.architectures[0]
     outlier_channels = []
@@ -101,6 +104,8 @@ def write_export(model, config: MobileBertConfig, source: Path, staging: Path, e
     if export_format == "paddle":
         save_static_model(layer, architecture, staging / PADDLE_PREFIX)
         manifest["model_file"] = f"{PADDLE_PREFIX}.json"
+    elif export_format == "litert":
+        manifest.update(write_litert(model, config, source, staging, quantize, seq_lengths))
     elif export_format == "openvino":
         manifest.update(write_openvino(layer, config, staging, fuse, quantize, opset, calibration))
     else:
@@ -179,6 +184,8 @@ def library_versions(export_format: str) -> dict:
         import paddle2onnx
 
         versions.update(paddle2onnx=paddle2onnx.__version__, onnxruntime=onnxruntime.__version__)
+    if export_format == "litert":
+        versions.update(litert_versions())
     if export_format == "openvino":
         import openvino
         import paddle2onnx
@@ -208,7 +215,8 @@ def check_output_dir(output: Path, source: Path, calibration_data: "str | os.Pat
 
 
 def check_options(export_format: str, quantize: Optional[str], opset: int = ONNX_OPSET,
-                  calibration_data: Optional[Path] = None) -> None:
+                  calibration_data: Optional[Path] = None, fuse: bool = False,
+                  seq_lengths: Optional[Sequence[int]] = None) -> None:
     """The export's options, for Python callers (the CLI's flags are checked as they are parsed)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UserInputError(f"--opset {opset}: expected an ONNX opset from {MIN_OPSET} to {MAX_OPSET}")
@@ -216,9 +224,13 @@ def check_options(export_format: str, quantize: Optional[str], opset: int = ONNX
         raise UserInputError(f"unknown --format {export_format!r}: expected one of {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise UserInputError(f"unknown --quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
-    if quantize == "int8" and export_format != "onnx":
-        raise UserInputError("--quantize int8 needs --format onnx (dynamic int8 runs in ONNX Runtime; "
-                             "for OpenVINO use --quantize int8-static)")
+    if quantize == "int8" and export_format not in ("onnx", "litert"):
+        raise UserInputError("--quantize int8 needs --format onnx or litert (dynamic int8 runs in ONNX Runtime "
+                             "and LiteRT; for OpenVINO use --quantize int8-static)")
+    if seq_lengths is not None and export_format != "litert":
+        raise UserInputError("--seq-lengths is only read by --format litert (the other formats take any length)")
+    if fuse and export_format == "litert":
+        raise UserInputError("--fuse does not apply to --format litert (its converter does its own fusion)")
     if quantize == "int8-static" and export_format != "openvino":
         raise UserInputError("--quantize int8-static needs --format openvino (NNCF quantizes OpenVINO models)")
     if quantize == "int8-static" and calibration_data is None:
@@ -232,15 +244,18 @@ def check_options(export_format: str, quantize: Optional[str], opset: int = ONNX
         openvino_core()
     if quantize == "int8-static":
         import_nncf()
+    if export_format == "litert":
+        require_converter()
 
 
 def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike", export_format: str = "onnx",
                  fuse: bool = False, quantize: Optional[str] = None, opset: int = ONNX_OPSET,
                  calibration_data: "str | os.PathLike | None" = None,
-                 calibration_count: int = CALIBRATION_WINDOWS) -> dict:
+                 calibration_count: int = CALIBRATION_WINDOWS, seq_lengths: Optional[Sequence[int]] = None) -> dict:
     """Export the model in `model_dir` to `output_dir` (replaced atomically); returns the summary.
-    `calibration_data`: a task data file (SQuAD JSON, GLUE TSV) for --quantize int8-static."""
-    check_options(export_format, quantize, opset, calibration_data)
+    `calibration_data`: a task data file (SQuAD JSON, GLUE TSV) for --quantize int8-static;
+    `seq_lengths`: the LiteRT signatures."""
+    check_options(export_format, quantize, opset, calibration_data, fuse, seq_lengths)
     source, output = Path(model_dir), Path(output_dir)
     if not source.is_dir():
         raise UserInputError(f"{source}: no such model directory")
@@ -254,11 +269,18 @@ def export_model(model_dir: "str | os.PathLike", output_dir: "str | os.PathLike"
     try:
         with atomic_directory(output) as staging:
             manifest = write_export(model, config, source, staging, export_format, fuse, quantize, opset,
-                                    calibration)
-            batch = probe_batch(config, manifest["architecture"])
-            errors = compare_with_eager(load_exported(staging, manifest), reference, batch)
-            manifest["probe"] = {"shape": list(batch["input_ids"].shape), "relative_error": errors}
-            check_probe(errors, quantize, output)
+                                    calibration, seq_lengths)
+            if export_format == "litert":     # every signature, on a full row and a padded one of its length
+                errors = compare_signatures(load_exported(staging, manifest), reference, config)
+                manifest["probe"] = {"rows": "2 per signature: one full, one a third padding",
+                                     "relative_error": errors}
+                check_probe({f"{signature} {name}": value for signature, values in errors.items()
+                             for name, value in values.items()}, quantize, output)
+            else:
+                batch = probe_batch(config, manifest["architecture"])
+                errors = compare_with_eager(load_exported(staging, manifest), reference, batch)
+                manifest["probe"] = {"shape": list(batch["input_ids"].shape), "relative_error": errors}
+                check_probe(errors, quantize, output)
             atomic_write_json(staging / MANIFEST_NAME, manifest)
     except OSError as error:     # no permission, or a full disk: the staging dir is gone, nothing is half-written
         kept = "the earlier export is kept" if output.exists() else "nothing was written"
@@ -285,13 +307,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model dir with weights (e.g. runs/squad1/best)")
     parser.add_argument("--format", choices=FORMATS, default="onnx",
                         help="paddle: static Paddle inference model (model.json + model.pdiparams); "
-                             "onnx: model.onnx via paddle2onnx; openvino: OpenVINO IR (model.xml + model.bin)")
+                             "onnx: model.onnx via paddle2onnx; openvino: OpenVINO IR (model.xml + model.bin); "
+                             "litert: model.tflite for phones, with task metadata (pip install "
+                             "'mobilebert-paddle[litert]')")
     parser.add_argument("--output", required=True, help="export directory to write (replaced atomically)")
     parser.add_argument("--fuse", action="store_true",
                         help="inference-only rewrite: fold NoNorms into the Linears, merge projections "
                              "that read the same input (same outputs within float32 rounding)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                        help="int8: dynamic quantization of the ONNX model's matmuls (onnx format only); "
+                        help="int8: dynamic quantization of the matmuls (onnx: ONNX Runtime's; litert: "
+                             "ai-edge-quantizer's dynamic_wi8_afp32); "
                              "int8-static: NNCF static quantization calibrated on --calibration-data "
                              "(openvino format only); both first move outlier channels of the residual "
                              "stream into the weights (same outputs, same graph)")
@@ -302,9 +327,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how many windows to sample from --calibration-data")
     parser.add_argument("--opset", type=flags.integer(minimum=MIN_OPSET, maximum=MAX_OPSET), default=ONNX_OPSET,
                         help=f"ONNX opset version, {MIN_OPSET} to {MAX_OPSET}")
+    parser.add_argument("--seq-lengths", type=flags.integers(minimum=1), default=None,
+                        help="litert: sequence lengths, one signature each in the one file (e.g. 128,384); the "
+                             "first is the one the on-device task APIs run [default: the model's max_seq_length, "
+                             "else 384 for QA and 128 for other heads]")
 
 
 def run(args: argparse.Namespace) -> dict:
     return export_model(args.model, args.output, args.format, fuse=args.fuse, quantize=args.quantize,
                         opset=args.opset, calibration_data=args.calibration_data,
-                        calibration_count=args.calibration_windows)
+                        calibration_count=args.calibration_windows, seq_lengths=args.seq_lengths)

@@ -1,5 +1,5 @@
 """A model for inference from a path: a Paddle model dir (run eagerly, or exported on the fly
-with `fuse`) or an export dir (Paddle Inference, ONNX Runtime, OpenVINO), behind one call
+with `fuse`) or an export dir (Paddle Inference, ONNX Runtime, OpenVINO, LiteRT), behind one call
 signature. `evaluate`, `predict` and `bench` load through here."""
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from ..model.config import MobileBertConfig
 from ..model.modeldir import infer_architecture, load_tokenizer, resolve_source
 from .evaluation import PredictFunction, eager_predictor
 from .export import write_export
+from .litert import require_converter
 from .predictors import (
     BACKENDS,
     FORMAT_BACKENDS,
     EagerPredictor,
     Predictor,
+    litert_interpreter,
     load_eager_model,
     load_exported,
     openvino_core,
@@ -80,7 +82,7 @@ def load_inference_model(source: str, head: str, backend: str = "eager") -> Infe
 
 def load_predictor(model_dir: "str | os.PathLike", backend: str = "eager", *, fuse: bool = False,
                    threads: Optional[int] = None) -> Predictor:
-    """A predictor for `model_dir` on `backend` ("eager", "paddle", "onnx" or "openvino").
+    """A predictor for `model_dir` on `backend` ("eager", "paddle", "onnx", "openvino" or "litert").
 
     `model_dir` is an export dir (from `mobilebert export`) or a model dir with weights. An
     export dir runs on the backend of its format (an ONNX export on "onnx" or "openvino"); a
@@ -91,8 +93,12 @@ def load_predictor(model_dir: "str | os.PathLike", backend: str = "eager", *, fu
         raise UserInputError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "openvino":
         openvino_core()                      # not installed: one line before any work
+    if backend == "litert":
+        litert_interpreter()
     directory = Path(model_dir)
     manifest = read_manifest(directory)
+    if backend == "litert" and manifest is None:
+        require_converter("--backend litert on a model directory (converted in memory first)")
     if manifest is not None:
         if backend not in FORMAT_BACKENDS[manifest["format"]]:
             raise UserInputError(f"{directory}: holds a {manifest['format']} export, not a {backend} one "

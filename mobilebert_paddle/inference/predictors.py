@@ -1,5 +1,5 @@
 """Predictors: one call signature for every inference backend (eager Paddle, Paddle Inference,
-ONNX Runtime, OpenVINO), and the reading of an export directory (export.json, the manifest).
+ONNX Runtime, OpenVINO, LiteRT), and the reading of an export directory (export.json, the manifest).
 
 `predictor(input_ids, token_type_ids, attention_mask)` -> tuple of numpy arrays, named by
 `output_names(architecture)`. Exports are written by export.py; load.py picks the predictor for
@@ -41,14 +41,17 @@ from ..model.modeldir import inside
 logger = logging.getLogger(__name__)
 
 
-BACKENDS = ("eager", "paddle", "onnx", "openvino")
+BACKENDS = ("eager", "paddle", "onnx", "openvino", "litert")
 # Which backends run an export of each format (OpenVINO reads ONNX models as well as its own IR).
-FORMAT_BACKENDS = {"paddle": ("paddle",), "onnx": ("onnx", "openvino"), "openvino": ("openvino",)}
+FORMAT_BACKENDS = {"paddle": ("paddle",), "onnx": ("onnx", "openvino"), "openvino": ("openvino",),
+                   "litert": ("litert",)}
 MANIFEST_NAME = "export.json"
 PADDLE_PREFIX = "model"                 # paddle.jit.save writes model.json + model.pdiparams
 ONNX_NAME = "model.onnx"
 OPENVINO_NAME = "model.xml"             # OpenVINO IR: model.xml + model.bin
 OPENVINO_EXTRA = "pip install 'mobilebert-paddle[openvino]'"
+LITERT_NAME = "model.tflite"
+LITERT_EXTRA = "pip install 'mobilebert-paddle[litert]'"
 # Paddle Inference on CPU: oneDNN (MKLDNN) kernels. PaddleNLP's export fails in oneDNN on the
 # trigram concat; this model's export runs under oneDNN with outputs equal to eager (tests) and
 # faster than Paddle's plain CPU kernels (`mobilebert bench`), so it is on by default.
@@ -335,6 +338,113 @@ def openvino_core():
     return openvino.Core()
 
 
+class LiteRtPredictor(Predictor):
+    """A .tflite (`--format litert`) run by ai-edge-litert's interpreter (XNNPACK on CPU), one row
+    per call (the file's signatures have batch 1, as phones run it): each row is padded to the
+    shortest signature length that holds it, a longer row is refused in one line. Per-token
+    outputs are cut back to the row's width. A classifier's file ends in a softmax (what
+    MediaPipe's TextClassifier reports); its log is handed on as the logits (the same
+    distribution: eager's logits minus a constant per row).
+
+    Padding is not a no-op for MobileBERT in any runtime: the trigram embedding of the last real
+    token reads the next position's embedding, [PAD]'s when padded and zeros at the very end;
+    `evaluate` pads every window to max_seq_length, so an export at that length runs its rows as
+    eager does."""
+
+    backend = "litert"
+
+    def __init__(self, config: MobileBertConfig, model_dir: Path, model_path: Path, names: Sequence[str],
+                 signatures: dict, file_outputs: Sequence[str], threads: Optional[int] = None):
+        super().__init__(config, model_dir, names)
+        interpreter_class = litert_interpreter()
+        self.threads = threads or default_threads()
+        self.interpreter = interpreter_class(model_path=str(model_path), num_threads=self.threads)
+        available = set(self.interpreter.get_signature_list())
+        missing = sorted(set(signatures) - available)
+        if missing:
+            raise UserInputError(f"{model_path}: has no signature {missing[0]} (it has {', '.join(sorted(available))})")
+        self.runners = {int(length): self.interpreter.get_signature_runner(name) for name, length in signatures.items()}
+        self.lengths = sorted(self.runners)
+        self.file_outputs = tuple(file_outputs)
+        self.pad_id = int(getattr(config, "pad_token_id", 0) or 0)
+        architecture = (config.architectures or [""])[0]
+        self.per_token = [name in PER_TOKEN_OUTPUTS or architecture in PER_TOKEN_HEADS for name in self.file_outputs]
+        self.log_probabilities = self.file_outputs == ("probabilities",)
+
+    @property
+    def max_length(self) -> int:
+        return self.lengths[-1]
+
+    def signature_length(self, width: int) -> int:
+        for length in self.lengths:
+            if length >= width:
+                return length
+        raise UserInputError(f"{self.model_dir}: a row of {width} tokens is longer than the LiteRT export's longest "
+                             f"signature ({self.max_length}); export with --seq-lengths {width} (or more), or use "
+                             f"--max-seq-length {self.max_length}")
+
+    def run(self, input_ids, token_type_ids, attention_mask):
+        if input_ids.ndim != 2:
+            raise UserInputError(f"{self.model_dir}: the LiteRT export takes (batch, length) inputs, "
+                                 f"got shape {input_ids.shape}")
+        rows, width = input_ids.shape
+        length = self.signature_length(width)
+        runner = self.runners[length]
+        pad = ((0, 0), (0, length - width))
+        arrays = {"input_ids": np.pad(input_ids, pad, constant_values=self.pad_id),
+                  "token_type_ids": np.pad(token_type_ids, pad), "attention_mask": np.pad(attention_mask, pad)}
+        chunks = []
+        for row in range(rows):
+            result = runner(**{name: np.ascontiguousarray(value[row:row + 1], dtype=np.int32)
+                               for name, value in arrays.items()})
+            chunks.append([result[name] for name in self.file_outputs])
+        outputs = []
+        for index, per_token in enumerate(self.per_token):
+            value = np.concatenate([chunk[index] for chunk in chunks])
+            outputs.append(value[:, :width] if per_token else value)
+        if self.log_probabilities:
+            with np.errstate(divide="ignore"):
+                outputs = [np.log(outputs[0])]
+        return outputs
+
+
+# Outputs whose axis 1 is the sequence (the LiteRT predictor cuts them back to the row's width).
+PER_TOKEN_OUTPUTS = {"start_logits", "end_logits", "sequence_output", "prediction_logits"}
+PER_TOKEN_HEADS = ("MobileBertForTokenClassification", "MobileBertForMaskedLM")
+
+
+def litert_interpreter():
+    """ai_edge_litert's Interpreter class, or one line naming what to install (running a .tflite
+    needs only ai-edge-litert)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise UserInputError(f"the litert backend needs ai-edge-litert, which is not installed: "
+                             f"pip install ai-edge-litert (or {LITERT_EXTRA})") from None
+    return Interpreter
+
+
+def load_litert(config: MobileBertConfig, model_dir: Path, directory: Path, manifest: dict,
+                threads: Optional[int] = None) -> LiteRtPredictor:
+    """The predictor for a LiteRT export dir (its manifest names the signatures and file outputs)."""
+    path = directory / MANIFEST_NAME
+    signatures, file_outputs = manifest.get("signatures"), manifest.get("file_outputs")
+    if not isinstance(signatures, dict) or not signatures or not all(
+            isinstance(length, int) and length > 0 for length in signatures.values()):
+        raise UserInputError(f"{path}: 'signatures' must map signature names to sequence lengths")
+    if not isinstance(file_outputs, list) or not file_outputs or not all(isinstance(name, str) for name in file_outputs):
+        raise UserInputError(f"{path}: 'file_outputs' must list the .tflite's output names")
+    return LiteRtPredictor(config, model_dir, directory / manifest["model_file"], manifest["outputs"], signatures,
+                           file_outputs, threads)
+
+
+def softmax_rows(logits) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def openvino_settings(threads: int, precision: str = "f32") -> dict:
     return {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY"}
@@ -374,7 +484,9 @@ def load_exported(directory: Path, manifest: dict, threads: Optional[int] = None
     model_file = directory / manifest["model_file"]
     shown_files = f"{directory / PADDLE_PREFIX}.json / .pdiparams" if backend == "paddle" else model_file
     try:
-        if backend == "paddle":
+        if backend == "litert":
+            predictor = load_litert(config, shown_dir, directory, manifest, threads)
+        elif backend == "paddle":
             predictor = PaddleInferencePredictor(config, shown_dir, directory / PADDLE_PREFIX, names, threads)
         elif backend == "openvino":
             predictor = OpenVinoPredictor(config, shown_dir, model_file, names, threads)
@@ -428,6 +540,8 @@ def read_model_bytes(path: Path) -> bytes:
 def check_runs(predictor: Predictor, config: MobileBertConfig, architecture: str) -> None:
     """One tiny forward: a truncated weights file can load and then fail (or be empty) at run time."""
     batch = probe_batch(config, architecture or (config.architectures or ["MobileBertModel"])[0])
+    if isinstance(predictor, LiteRtPredictor):            # fixed lengths: no row longer than the longest
+        batch = {name: value[..., :predictor.max_length] for name, value in batch.items()}
     outputs = predictor(batch)
     if len(outputs) != len(predictor.output_names):
         raise UserInputError(f"{predictor.model_dir}: the exported model gives {len(outputs)} outputs, "
@@ -451,7 +565,7 @@ def read_manifest(directory: Path) -> Optional[dict]:
     return manifest
 
 
-FORMATS = ("paddle", "onnx", "openvino")
+FORMATS = ("paddle", "onnx", "openvino", "litert")
 
 
 def probe_batch(config: MobileBertConfig, architecture: str, seed: int = 0) -> dict:

@@ -5,7 +5,8 @@ layout difference is that Paddle's `nn.Linear` stores its weight as [in, out] wh
 stores [out, in]; which weights are Linear weights is read off the Paddle model itself (built
 lazily without allocating), never from a list of names (modeldir.hf_to_paddle / paddle_to_hf).
 Tied copies (the MLM decoder, which *is* the word-embedding matrix and the LM bias) are not
-stored, as transformers itself does not store them.
+stored, as transformers itself does not store them. `hf_twin` does the same conversion in memory,
+into transformers' PyTorch model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .modeldir import (
     check_destination,
     copy_tokenizer_files,
     match_state_dict,
+    model_state_numpy,
     paddle_to_hf,
     resolve_source,
     write_model_files,
@@ -64,6 +66,31 @@ def convert(source: str | os.PathLike, destination: str | os.PathLike, to: str =
         logger.warning("%s: %s", destination, incompatibility)
         summary["note"] = incompatibility
     return summary
+
+
+def hf_twin(model, config, threads: int | None = None):
+    """HF's PyTorch model (eval mode) with the Paddle model's weights, converted in memory the way
+    `convert --to hf` writes them (bit-exact): `bench`'s reference and the LiteRT export's source."""
+    try:
+        import torch
+        import transformers
+    except ImportError as error:
+        raise UserInputError(f"the PyTorch twin of the model needs torch and transformers: {error}; "
+                             "pip install 'mobilebert-paddle[torch]'") from None
+
+    if threads:
+        torch.set_num_threads(threads)
+    architecture = config.architectures[0]
+    values = {key: value for key, value in config.to_dict().items() if key != "trigram_ignores_padding"}
+    hf_model = getattr(transformers, architecture)(transformers.MobileBertConfig(**values)).eval()
+    state = {key: torch.from_numpy(value)
+             for key, value in paddle_to_hf(model_state_numpy(model), config, type(model)).items()}
+    result = hf_model.load_state_dict(state, strict=False)
+    tied_or_buffers = ("position_ids", "decoder.weight", "decoder.bias")
+    missing = [key for key in result.missing_keys if not key.endswith(tied_or_buffers)]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"PyTorch twin: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
+    return hf_model
 
 
 # ----------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 For a model dir it builds every backend from the same weights -- Paddle eager, Paddle Inference
 (with oneDNN, plain and fused, and without oneDNN), ONNX Runtime (plain, fused, int8), OpenVINO
-(when named in --backends: float32 plain and fused, NNCF static int8, bf16), HuggingFace's PyTorch
-model (the Paddle weights converted back in memory with `paddle_to_hf`) and, with --peers, what a
+(when named in --backends: float32 plain and fused, NNCF static int8, bf16), LiteRT (when named:
+the .tflite in float32 and dynamic int8, one signature per timed length, one row per call as on a
+phone, in ai-edge-litert's interpreter with XNNPACK), HuggingFace's PyTorch
+model (the Paddle weights converted back in memory, model/convert.hf_twin) and, with --peers, what a
 user would run instead (peers.py: the HF model through ONNX Runtime and OpenVINO) -- checks each one's
 outputs against PyTorch, then times them interleaved (one call of each backend per round,
 the order rotated every round so no backend always runs right after another) and reports the
@@ -16,7 +18,7 @@ matmul reaches on this machine, measured in the same run (before each shape; the
 seen is used, since other processes can only lower it). Peak memory is the growth of the
 resident set size (psutil, sampled every 2 ms) during a backend's warm-up calls at that
 shape -- what a call needs beyond what the backend already holds; `built_mb` is what
-building each backend added.
+building each backend added; `file_mb` is each export's model file(s) on disk.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..core.files import (
 from ..core.logs import inputs_accepted
 from ..core.numerics import relative_error
 from ..inference.export import write_export
+from ..inference.litert import ends_in_softmax, require_converter
 from ..inference.predictors import (
     PADDLE_PREFIX,
     EagerPredictor,
@@ -55,12 +58,14 @@ from ..inference.predictors import (
     bench_inputs,
     default_threads,
     load_eager_model,
+    load_litert,
     openvino_core,
     openvino_cpu,
+    softmax_rows,
 )
 from ..inference.quantize import calibration_windows, import_nncf
 from ..model.config import MobileBertConfig
-from ..model.modeldir import model_state_numpy, paddle_to_hf
+from ..model.convert import hf_twin
 from . import peers
 from .peers import PEERS
 
@@ -91,9 +96,11 @@ BENCH_BACKENDS = {
     "openvino-fused-int8": ExportSpec("openvino", fuse=True, quantize="int8-static"),
     "openvino-bf16": ExportSpec("openvino", precision="bf16"),
     "openvino-fused-bf16": ExportSpec("openvino", fuse=True, precision="bf16"),
+    "litert": ExportSpec("litert"),
+    "litert-int8": ExportSpec("litert", quantize="int8"),
 }
-# Timed unless --backends says otherwise: the OpenVINO ones need the optional extra.
-DEFAULT_BACKENDS = [name for name in BENCH_BACKENDS if not name.startswith("openvino")]
+# Timed unless --backends says otherwise: the OpenVINO and LiteRT ones need optional extras.
+DEFAULT_BACKENDS = [name for name in BENCH_BACKENDS if not name.startswith(("openvino", "litert"))]
 REFERENCE = "torch"
 # Bounds that keep a typo from allocating terabytes or sleeping for ever (one row of 512 int64 is 4 KB)
 MAX_BATCH, MAX_THREADS, MAX_PAUSE = 4096, 1024, 3600.0
@@ -179,28 +186,6 @@ def _seconds(function: Callable) -> float:
 # Building the backends
 # ----------------------------------------------------------------------------------------
 
-def hf_twin(model, config: MobileBertConfig, threads: int):
-    """HF's PyTorch model (eval mode) with the Paddle model's weights (converted back in memory)."""
-    try:
-        import torch
-        import transformers
-    except ImportError as error:
-        raise UserInputError(f"bench compares against PyTorch: {error}; "
-                             "pip install 'mobilebert-paddle[torch]'") from None
-
-    torch.set_num_threads(threads)
-    architecture = config.architectures[0]
-    values = {key: value for key, value in config.to_dict().items() if key != "trigram_ignores_padding"}
-    hf_model = getattr(transformers, architecture)(transformers.MobileBertConfig(**values)).eval()
-    state = {key: torch.from_numpy(value) for key, value in paddle_to_hf(model_state_numpy(model), config, type(model)).items()}
-    result = hf_model.load_state_dict(state, strict=False)
-    tied_or_buffers = ("position_ids", "decoder.weight", "decoder.bias")
-    missing = [key for key in result.missing_keys if not key.endswith(tied_or_buffers)]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(f"PyTorch twin: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}")
-    return hf_model
-
-
 def torch_runner(hf_model):
     import torch
 
@@ -214,11 +199,12 @@ def torch_runner(hf_model):
 
 
 def build_backends(names: list, model, config: MobileBertConfig, model_dir: Path, staging: Path,
-                   threads: int, calibration: Optional[dict] = None) -> dict:
-    """{name: callable(input_ids, token_type_ids, attention_mask) -> tuple of arrays}, plus
-    the RSS each one added when built. `calibration`: model inputs for the static int8 paths."""
+                   threads: int, calibration: Optional[dict] = None, seq_lengths: Optional[list] = None) -> tuple:
+    """{name: callable(input_ids, token_type_ids, attention_mask) -> tuple of arrays}, the RSS
+    each one added when built, and each export's model file size in MB. `calibration`: model
+    inputs for the static int8 paths; `seq_lengths`: the LiteRT signatures (the timed lengths)."""
 
-    backends, memory = {}, {}
+    backends, memory, sizes = {}, {}, {}
     hf_model = None
     for name in names:
         before = resident_mb()
@@ -230,14 +216,21 @@ def build_backends(names: list, model, config: MobileBertConfig, model_dir: Path
         elif name in peers.PEERS:
             backends[name] = peers.build_peer(name, hf_model, config, staging, threads, calibration)
         else:
-            backends[name] = build_ours(name, model, config, model_dir, staging, threads, calibration)
+            backends[name] = build_ours(name, model, config, model_dir, staging, threads, calibration, seq_lengths)
+            if BENCH_BACKENDS[name] is not None:
+                sizes[name] = model_files_mb(staging / name)
         memory[name] = resident_mb() - before
         logger.info("built %s in %.1f s", name, time.perf_counter() - started)
-    return backends, memory
+    return backends, memory, sizes
+
+
+def model_files_mb(directory: Path) -> float:
+    """Size of an export's model files (model.*: the graph and its weights, not config or tokenizer)."""
+    return sum(path.stat().st_size for path in directory.glob("model.*") if path.is_file()) / 2 ** 20
 
 
 def build_ours(name: str, model, config: MobileBertConfig, model_dir: Path, staging: Path, threads: int,
-               calibration: Optional[dict]):
+               calibration: Optional[dict], seq_lengths: Optional[list] = None):
 
     spec = BENCH_BACKENDS[name]
     if spec is None:
@@ -245,8 +238,10 @@ def build_ours(name: str, model, config: MobileBertConfig, model_dir: Path, stag
     directory = staging / name
     directory.mkdir()
     manifest = write_export(model, config, model_dir, directory, spec.format, fuse=spec.fuse, quantize=spec.quantize,
-                            calibration=calibration)
+                            calibration=calibration, seq_lengths=seq_lengths if spec.format == "litert" else None)
     model_file = directory / manifest["model_file"]
+    if spec.format == "litert":       # one row per call: batch B is B calls, as on a phone
+        return load_litert(config, model_dir, directory, manifest, threads)
     if spec.format == "paddle":
         return PaddleInferencePredictor(config, model_dir, directory / PADDLE_PREFIX, manifest["outputs"], threads,
                                         mkldnn=spec.onednn)
@@ -323,14 +318,18 @@ def time_shape(backends: dict, inputs: tuple, runs: int, warmup: int, pause: flo
     return {name: {"times": times[name], "peak_mb": peaks[name]} for name in names}
 
 
-def check_outputs(backends: dict, inputs: tuple) -> dict:
-    """Relative error of every backend's outputs against the reference (PyTorch if timed)."""
+def check_outputs(backends: dict, inputs: tuple, probabilities: bool = False) -> dict:
+    """Relative error of every backend's outputs against the reference (PyTorch if timed);
+    `probabilities`: compare a classifier's softmax (what its LiteRT file outputs), not logits."""
+
+    def comparable(outputs):
+        return [softmax_rows(output) for output in outputs] if probabilities else outputs
 
     reference_name = REFERENCE if REFERENCE in backends else next(iter(backends))
-    expected = backends[reference_name](*inputs)
+    expected = comparable(backends[reference_name](*inputs))
     errors = {}
     for name, backend in backends.items():
-        actual = backend(*inputs)
+        actual = comparable(backend(*inputs))
         errors[name] = max(relative_error(got, want) for got, want in zip(actual, expected))
     return errors
 
@@ -367,18 +366,19 @@ def summarise(results: dict, flops: float, rate_gflops: float, batch: int) -> di
     return {"gflop": round(flops / 1e9, 2), "floor_ms": round(floor_ms, 2), "backends": rows}
 
 
-def print_table(shape_name: str, summary: dict, errors: dict, stream=sys.stderr) -> None:
+def print_table(shape_name: str, summary: dict, errors: dict, stream=sys.stderr, sizes: Optional[dict] = None) -> None:
+    sizes = sizes or {}
     print(f"\n{shape_name}: {summary['gflop']} GFLOP, floor {summary['floor_ms']} ms "
           f"(matmul rate just before: {summary['matmul_gflops_before']} GFLOP/s)", file=stream)
     print(f"{'backend':26s} {'ms':>9s} {'min ms':>9s} {'seq/s':>8s} {'vs torch':>8s} {'vs floor':>8s} "
-          f"{'vs peer':>8s} {'(min)':>6s} {'peak MB':>8s} {'rel err':>8s}", file=stream)
+          f"{'vs peer':>8s} {'(min)':>6s} {'peak MB':>8s} {'file MB':>8s} {'rel err':>8s}", file=stream)
     for name, row in summary["backends"].items():
         ratio = f"{row['vs_torch']:.3f}" if row["vs_torch"] is not None else "-"
         peer = f"{row['vs_peer']:.3f}" if row["vs_peer"] is not None else "-"
         peer_min = f"{row['min_vs_peer']:.3f}" if row["min_vs_peer"] is not None else "-"
         print(f"{name:26s} {row['ms']:9.1f} {row['min_ms']:9.1f} {row['sequences_per_s']:8.1f} {ratio:>8s} "
               f"{row['vs_floor']:8.2f} {peer:>8s} {peer_min:>6s} {row['peak_mb']:8.1f} "
-              f"{errors.get(name, float('nan')):8.1e}", file=stream)
+              f"{sizes.get(name, float('nan')):8.1f} {errors.get(name, float('nan')):8.1e}", file=stream)
 
 
 def write_chart(report: dict, path: Path) -> None:
@@ -480,8 +480,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.peers:
         names += [name for name in peers.available_peers() if name not in names]
     if any("openvino" in name for name in names):
-
         openvino_core()                      # not installed: one line naming the extra
+    if any(name.startswith("litert") for name in names):
+        require_converter("bench --backends litert")
     if args.calibration_data is not None and not Path(args.calibration_data).is_file():
         raise UserInputError(f"--calibration-data {args.calibration_data}: no such file")
     shapes = [(batch, length) for batch in args.batch for length in args.seq]   # flags.integers: checked lists
@@ -542,14 +543,17 @@ def bench(model, config: MobileBertConfig, model_dir: Path, names: list, shapes:
 
         report["openvino_cpu"] = openvino_cpu()    # bf16 / int8 kernels, default precision
     with tempfile.TemporaryDirectory(prefix="mobilebert-bench-") as staging:
-        backends, built_mb = build_backends(names, model, config, model_dir, Path(staging), threads, calibration)
+        lengths = list(dict.fromkeys(length for _, length in shapes))      # the LiteRT signatures
+        backends, built_mb, sizes = build_backends(names, model, config, model_dir, Path(staging), threads,
+                                                   calibration, lengths)
         report["built_mb"] = {name: round(value, 1) for name, value in built_mb.items()}
+        report["file_mb"] = {name: round(value, 2) for name, value in sizes.items()}
         report["thread_settings"] = thread_settings(threads)
         timed = {}
         for index, (batch, length) in enumerate(shapes):
             inputs = bench_inputs(config, batch, length)
             if index == 0:
-                errors = check_outputs(backends, inputs)
+                errors = check_outputs(backends, inputs, probabilities=ends_in_softmax(config, architecture))
                 reference = REFERENCE if REFERENCE in backends else next(iter(backends))
                 report["output_check"] = {"shape": f"{batch}x{length}", "relative_error_vs": reference,
                                           "errors": {name: float(f"{value:.3g}") for name, value in errors.items()}}
@@ -561,7 +565,7 @@ def bench(model, config: MobileBertConfig, model_dir: Path, names: list, shapes:
         summary = summarise(results, model_flops(config, batch, length, architecture), rate, batch)
         summary["matmul_gflops_before"] = round(rate_now, 1)
         report["shapes"][f"{batch}x{length}"] = summary
-        print_table(f"{batch}x{length}", summary, report["output_check"].get("errors", {}))
+        print_table(f"{batch}x{length}", summary, report["output_check"].get("errors", {}), sizes=report["file_mb"])
     report["process_peak_rss_mb"] = round(peak_rss_mb(), 1)
     report["matmul_gflops_used_for_floor"] = round(rate, 1)
     return report

@@ -43,9 +43,10 @@ logger = logging.getLogger(__name__)
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="eager",
-                        help="eager: the Paddle model in memory; paddle / onnx / openvino: an exported model, "
-                             "or a model dir exported in memory (inference/load.load_predictor); "
-                             "openvino runs float32 exactly (INFERENCE_PRECISION_HINT f32), on OMP_NUM_THREADS threads")
+                        help="eager: the Paddle model in memory; paddle / onnx / openvino / litert: an exported "
+                             "model, or a model dir exported in memory (inference/load.load_predictor); "
+                             "openvino runs float32 exactly (INFERENCE_PRECISION_HINT f32), on OMP_NUM_THREADS threads; "
+                             "litert pads each row to the shortest signature length that holds it")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where eager Paddle runs")
 
 

@@ -126,7 +126,8 @@ def signals_interrupt(uses_paddle: bool = True):
             import paddle  # noqa: F401
 
     def interrupt(signal_number, frame):
-        raise Interrupted(signal.Signals(signal_number).name, 128 + signal_number)
+        Interrupted.raised = Interrupted(signal.Signals(signal_number).name, 128 + signal_number)
+        raise Interrupted.raised
 
     previous = {}
     with contextlib.suppress(ValueError):          # not the main thread: keep the defaults
@@ -191,6 +192,10 @@ def run_command(argv: list[str]) -> int:
             print(f"mobilebert {args.command}: {interrupt.message()}", file=sys.stderr)
             return interrupt.exit_code
         except OSError as error:
+            interrupt = Interrupted.behind(error)
+            if interrupt is not None:         # a signal inside Paddle's C++ (e.g. a PyLayer's backward)
+                print(f"mobilebert {args.command}: {interrupt.message()}", file=sys.stderr)
+                return interrupt.exit_code
             if error.errno not in DISK_FULL:
                 raise
             where = error.filename or getattr(args, "output", None) or "the output"

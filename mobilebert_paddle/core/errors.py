@@ -29,5 +29,18 @@ class Interrupted(KeyboardInterrupt):
             return cls(interrupt.signal_name, interrupt.exit_code, interrupt.detail or detail)
         return cls(detail=detail)
 
+    # The last one the CLI's signal handler raised: when the handler runs inside Python code that
+    # Paddle's C++ called (a PyLayer's backward), Paddle re-raises it as an OSError of its own.
+    raised: "Interrupted | None" = None
+
+    @classmethod
+    def behind(cls, error: BaseException) -> "Interrupted | None":
+        """The interrupt that `error` is, or that Paddle wrapped into it; else None."""
+        if isinstance(error, KeyboardInterrupt):
+            return error if isinstance(error, Interrupted) else cls()
+        if cls.raised is not None and f"Interrupted: {cls.raised.signal_name}" in str(error):
+            return cls.raised
+        return None
+
     def message(self) -> str:
         return f"interrupted by {self.signal_name}{' ' + self.detail if self.detail else ''}"

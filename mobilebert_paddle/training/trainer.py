@@ -234,7 +234,10 @@ class Trainer:
         lock (taken by prepare_output / start_output) is released however it ends."""
         try:
             return self.run(resume)
-        except KeyboardInterrupt as interrupt:      # SIGINT, and SIGTERM as the CLI turns it into one
+        except (KeyboardInterrupt, OSError) as error:   # SIGINT, SIGTERM as the CLI turns it into one, or
+            interrupt = Interrupted.behind(error)        # either as Paddle's C++ re-raised it
+            if interrupt is None:
+                raise
             raise Interrupted.during(interrupt, f"at step {self.state.step}; {self.checkpoint_note()}") from None
         finally:
             if self.is_main:

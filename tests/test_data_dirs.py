@@ -34,6 +34,9 @@ import numpy as np
 import pytest
 from tiny_tasks import VOCAB, write_colour_pairs
 
+# Every case through the real CLI in a subprocess, and kill -9 / resume runs: the slow tier.
+pytestmark = pytest.mark.slow
+
 PARALLEL = 4
 TIMEOUT = 240
 ADDRESS_SPACE = 3 << 30          # `ulimit -v` of every case: Paddle needs ~1.5 GB of address space here

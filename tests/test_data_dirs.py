@@ -17,7 +17,6 @@ transformers cannot build) have their own tests below, also through the CLI.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -32,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from tiny_tasks import VOCAB, write_colour_pairs
+from tiny_tasks import VOCAB, snapshot, write_colour_pairs
 
 # Every case through the real CLI in a subprocess, and kill -9 / resume runs: the slow tier.
 pytestmark = pytest.mark.slow
@@ -303,18 +302,6 @@ def build_other_inputs(root: Path, paths: dict) -> None:
 # Running the cases
 # --------------------------------------------------------------------------------------------
 
-def snapshot(root: Path) -> dict:
-    """{relative path: sha256, 'dir' or the link target} of everything under root (hidden entries too)."""
-    entries = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            entries[key] = f"-> {os.readlink(path)}"
-        elif path.is_dir():
-            entries[key] = "dir"
-        else:
-            entries[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return entries
 
 
 def user_environment() -> dict:

@@ -14,7 +14,6 @@ destination) have their own tests below, also through the CLI.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -28,7 +27,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from tiny_tasks import TINY_CONFIG, VOCAB, make_tiny_model_dir, make_tokenizer, write_colour_pairs, write_marker_squad
+from tiny_tasks import (
+    TINY_CONFIG,
+    VOCAB,
+    make_tiny_model_dir,
+    make_tokenizer,
+    snapshot,
+    write_colour_pairs,
+    write_marker_squad,
+)
 
 # Every case through the real CLI in a subprocess: the slow tier.
 pytestmark = pytest.mark.slow
@@ -295,18 +302,6 @@ def build_file_inputs(root: Path, paths: dict) -> None:
 # Running the cases
 # --------------------------------------------------------------------------------------------
 
-def snapshot(root: Path) -> dict:
-    """{relative path: sha256, 'dir' or the link target} of everything under root."""
-    entries = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            entries[key] = f"-> {os.readlink(path)}"
-        elif path.is_dir():
-            entries[key] = "dir"
-        else:
-            entries[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return entries
 
 
 def user_environment() -> dict:

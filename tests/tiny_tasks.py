@@ -17,7 +17,9 @@ of steps (a pretrained model does not have that problem).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -147,3 +149,17 @@ def subprocess_env() -> dict:
     import os
 
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def snapshot(root: Path) -> dict:
+    """{relative path: sha256, 'dir' or the link target} of everything under root (hidden entries too)."""
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            entries[key] = f"-> {os.readlink(path)}"
+        elif path.is_dir():
+            entries[key] = "dir"
+        else:
+            entries[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return entries

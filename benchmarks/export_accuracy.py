@@ -57,6 +57,8 @@ EXPORTS = {  # name -> (format, fuse, quantize)
     "litert": ("litert", False, None),
     "litert-int8": ("litert", False, "int8"),
 }
+# The default: every export but LiteRT's, which needs the litert extra (--exports litert,litert-int8 adds them).
+DEFAULT_EXPORTS = [name for name, (export_format, _, _) in EXPORTS.items() if export_format != "litert"]
 ACTIVATION_GRANULARITIES = ("tensor", "row", "channel")
 
 
@@ -70,7 +72,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--dev-questions", type=int, default=2000, help="dev questions per quickstart run")
     parser.add_argument("--task", default="squad1", choices=("squad1", "squad2"))
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--exports", default=",".join(EXPORTS), help="comma-separated, from: " + ", ".join(EXPORTS))
+    parser.add_argument("--exports", default=",".join(DEFAULT_EXPORTS), help="comma-separated, from: " + ", ".join(EXPORTS))
     parser.add_argument("--activation-study", action="store_true",
                         help="also score eager with only the matmul inputs rounded to 8 bits")
     parser.add_argument("--outliers", action="store_true",

@@ -77,15 +77,18 @@ def clip_gradients(parameters, max_norm: float) -> float:
     it, every gradient is scaled by max_norm / (norm + 1e-6) (paddle.nn.utils.clip_grad_norm_'s
     rule; Google's clip_by_global_norm differs by the 1e-6). Returns the norm before clipping.
 
-    Each tensor's squared norm is one square-and-sum: Paddle's clip_grad_norm_ and
-    paddle.linalg.norm take several passes per tensor (132 ms a step over MobileBERT's 1,113
-    tensors on one core, against 17 here) and add up the squares less accurately (relative
-    error 3e-4 on the full model's norm, against 1e-7 here; tests/test_train.py)."""
+    Each tensor's squared norm is one fused pass (squared_norm): Paddle's clip_grad_norm_ and
+    paddle.linalg.norm take several passes per tensor (227 ms a step over the 36.6M gradients of
+    MobileBERT's pretraining head on one core, against 21 here; PyTorch's clip_grad_norm_: 27) and
+    add up the squares less accurately (relative error 3e-4 on the full model's norm, against 1e-7
+    here; tests/test_train.py)."""
     gradients = [param.grad for param in parameters if param.grad is not None]
     if not gradients:
         return 0.0
-    squares = [paddle.square(gradient.detach().astype("float32")).sum() for gradient in gradients]
-    norm = float(paddle.sqrt(paddle.add_n(squares)))
+    with paddle.no_grad():
+        squares = [squared_norm(gradient if gradient.dtype == paddle.float32 else gradient.astype("float32"))
+                   for gradient in gradients]             # astype copies even to the same dtype
+        norm = float(paddle.sqrt(paddle.add_n(squares)).reshape([]))
     if max_norm > 0 and math.isfinite(norm):
         coefficient = max_norm / (norm + 1e-6)
         if coefficient < 1.0:             # a factor of 1 would leave every gradient as it is
@@ -93,3 +96,13 @@ def clip_gradients(parameters, max_norm: float) -> float:
                 for gradient in gradients:
                     gradient.scale_(coefficient)
     return norm
+
+
+def squared_norm(tensor):
+    """sum(tensor ** 2) as a 1-element tensor, in one pass: the kernel Paddle's own
+    ClipGradByGlobalNorm uses (square then sum is two passes: 59 ms against 21 over 36.6M values)."""
+    try:
+        from paddle.nn.clip import _squared_l2_norm
+    except ImportError:                   # a private helper: fall back to the public two-pass form
+        return paddle.square(tensor).sum()
+    return _squared_l2_norm(tensor)

@@ -117,6 +117,36 @@ def test_training_gradients_of_the_fused_cpu_path_equal_plain_ops_and_hf(variant
         assert relative_error(gradient, torch_gradients[path]) <= 1e-4, path
 
 
+@pytest.mark.parametrize("rows", [3, 40])
+def test_vocabulary_logits_function_equals_the_concatenated_product(rows):
+    """The MLM head's training path (network.VocabularyLogitsFunction: two products and an add for
+    few rows, one product over concatenated weights for many) gives the plain concatenated
+    product's logits and every gradient, for both branches (hidden width 16: 3 rows take the
+    first, 40 the second)."""
+    from mobilebert_paddle.model import network
+
+    rng = np.random.default_rng(rows)
+    values = {"hidden": rng.standard_normal((rows, 16)), "embeddings": rng.standard_normal((50, 4)),
+              "dense": rng.standard_normal((50, 12)), "bias": rng.standard_normal(50)}
+    projection = paddle.to_tensor(rng.standard_normal((rows, 50)).astype("float32"))
+
+    def run(fused: bool):
+        tensors = {name: paddle.to_tensor(value.astype("float32"), stop_gradient=False) for name, value in values.items()}
+        if fused:
+            logits = network.VocabularyLogitsFunction.apply(*tensors.values())
+        else:
+            weight = paddle.concat([tensors["embeddings"], tensors["dense"]], axis=1)
+            logits = paddle.matmul(tensors["hidden"], weight, transpose_y=True) + tensors["bias"]
+        (logits * projection).sum().backward()
+        return logits.numpy(), {name: tensor.grad.numpy() for name, tensor in tensors.items()}
+
+    (fused_logits, fused_grads), (plain_logits, plain_grads) = run(True), run(False)
+    assert relative_error(fused_logits, plain_logits) <= 1e-6
+    assert set(fused_grads) == {"hidden", "embeddings", "dense", "bias"}
+    for name in fused_grads:
+        assert relative_error(fused_grads[name], plain_grads[name]) <= 1e-6, name
+
+
 def _padded_and_alone(paddle_model, vocab_size):
     batch = padded_batch(vocab_size, lengths=(5, 11))
     padded = run_paddle(paddle_model, batch).sequence_output.numpy()[0, :5]

@@ -29,6 +29,7 @@ from tiny_tasks import (
 
 from mobilebert_paddle.cli import parse_command_args
 from mobilebert_paddle.core import flags
+from mobilebert_paddle.core.numerics import relative_error
 from mobilebert_paddle.tasks.registry import TASKS
 from mobilebert_paddle.training import checkpoint as train
 from mobilebert_paddle.training import optim, trainer
@@ -528,6 +529,55 @@ def test_help_lists_every_hyperparameter_with_its_default(capsys):
         assert flag in text and f"[default: {default}]" in text.split(flag, 1)[1][:400], flag
     for recipe in ("1e-6 squad1, 5e-7 others", "0.7 squad1, 0.9 others", "384 for SQuAD, 128 for GLUE", "-1.5 for squad2"):
         assert recipe in text
+
+
+def test_our_lamb_equals_paddles_lamb_and_keeps_its_state():
+    """optim.Lamb (Paddle's AdamW kernel at learning rate 1 on a copy, then the trust ratio) takes
+    Paddle's LAMB's steps within float rounding: decayed tensors (trust ratio), a tensor left out
+    of weight decay (no trust ratio), a zero tensor (ratio 1), learning-rate multipliers 0 (the
+    tensor stays bit-identical) and 0.5; and its state dict has Paddle's LAMB's keys and values."""
+    rng = np.random.default_rng(0)
+    shapes = {"weight": (24, 8), "bias": (8,), "zero": (8, 8), "frozen": (4, 8), "half": (8, 4)}
+    start = {name: (rng.standard_normal(shape) * 0.1).astype("float32") for name, shape in shapes.items()}
+    start["zero"][:] = 0.0
+
+    def parameters():
+        made = {}
+        for name, value in start.items():
+            made[name] = paddle.create_parameter(list(value.shape), "float32")
+            made[name].set_value(value)
+        made["frozen"].optimize_attr["learning_rate"] = 0.0
+        made["half"].optimize_attr["learning_rate"] = 0.5
+        return made
+
+    ours, theirs = parameters(), parameters()
+    exclude = {ours["bias"].name, theirs["bias"].name}
+    settings = dict(learning_rate=0.01, lamb_weight_decay=0.01, beta1=0.9, beta2=0.999, epsilon=1e-6,
+                    exclude_from_weight_decay_fn=lambda param: param.name in exclude)
+    our_optimizer = optim.Lamb(parameters=list(ours.values()), **settings)
+    their_optimizer = paddle.optimizer.Lamb(parameters=list(theirs.values()), **settings)
+    for _ in range(6):
+        gradients = {name: rng.standard_normal(shape).astype("float32") for name, shape in shapes.items()}
+        for made, optimizer in ((ours, our_optimizer), (theirs, their_optimizer)):
+            for name, param in made.items():
+                param.grad = paddle.to_tensor(gradients[name])
+            optimizer.step()
+            optimizer.clear_grad()
+    for name in shapes:
+        assert relative_error(ours[name].numpy(), theirs[name].numpy()) <= 1e-6, name
+    assert np.array_equal(ours["frozen"].numpy(), start["frozen"])
+    assert not np.allclose(ours["zero"].numpy(), 0.0) and not np.allclose(ours["bias"].numpy(), start["bias"])
+    by_name = {param.name: name for made in (ours, theirs) for name, param in made.items()}
+
+    def state(optimizer):
+        return {key.replace(param_name, by_name[param_name]): value.numpy()
+                for key, value in optimizer.state_dict().items() if isinstance(value, paddle.Tensor)
+                for param_name in [next(n for n in by_name if key.startswith(n + "_"))]}
+
+    our_state, their_state = state(our_optimizer), state(their_optimizer)
+    assert set(our_state) == set(their_state) and len(our_state) == 4 * len(shapes)
+    for key in our_state:
+        assert relative_error(our_state[key], their_state[key]) <= 1e-6, key
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lamb"])

@@ -147,6 +147,36 @@ def test_vocabulary_logits_function_equals_the_concatenated_product(rows):
         assert relative_error(fused_grads[name], plain_grads[name]) <= 1e-6, name
 
 
+def test_dropout_on_cpu_training_is_inverted_dropout_from_the_seeded_mask_generator():
+    """network.Dropout in eager CPU training: a share p of zeros, the rest x / (1 - p), the same
+    mask in the gradient, the same masks again after the same seed; identity in eval mode."""
+    from mobilebert_paddle.core import dropout_masks
+    from mobilebert_paddle.model import network
+
+    layer = network.Dropout(0.25)
+    x = paddle.to_tensor(np.random.default_rng(0).uniform(1.0, 2.0, (64, 256)).astype("float32"), stop_gradient=False)
+
+    def forward_and_gradient():
+        out = layer(x)
+        out.sum().backward()
+        gradient = x.grad.numpy().copy()
+        x.clear_gradient()
+        return out.numpy(), gradient
+
+    layer.train()
+    dropout_masks.seed(3)
+    out, gradient = forward_and_gradient()
+    kept = out != 0
+    assert 0.23 <= 1 - kept.mean() <= 0.27
+    np.testing.assert_allclose(out[kept], x.numpy()[kept] / 0.75, rtol=1e-6)
+    np.testing.assert_allclose(gradient, kept / 0.75, rtol=1e-6)
+    dropout_masks.seed(3)
+    assert np.array_equal(forward_and_gradient()[0], out)
+    assert not np.array_equal(forward_and_gradient()[0], out)
+    layer.eval()
+    assert np.array_equal(layer(x).numpy(), x.numpy())
+
+
 def _padded_and_alone(paddle_model, vocab_size):
     batch = padded_batch(vocab_size, lengths=(5, 11))
     padded = run_paddle(paddle_model, batch).sequence_output.numpy()[0, :5]

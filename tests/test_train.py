@@ -162,11 +162,21 @@ def test_learning_rate_multiplier_zero_leaves_parameters_bit_identical(base_mode
 
 
 def test_rng_states_round_trip_through_json():
+    from mobilebert_paddle.core import dropout_masks
+
+    def draws():
+        return (np.random.rand(3), paddle.rand([3]).numpy(), __import__("random").random(),
+                dropout_masks.scaled_mask((4, 5), 0.5))
+
     saved = json.loads(json.dumps(train.rng_state()))
-    expected = (np.random.rand(3), paddle.rand([3]).numpy(), __import__("random").random())
+    expected = draws()
     train.restore_rng_state(saved)
-    again = (np.random.rand(3), paddle.rand([3]).numpy(), __import__("random").random())
+    again = draws()
     assert all(np.array_equal(first, second) for first, second in zip(expected, again))
+    assert not np.array_equal(dropout_masks.scaled_mask((4, 5), 0.5), again[3])
+    saved["dropout_masks"] = {"bit_generator": "PCG64", "state": "junk"}
+    with pytest.raises((TypeError, ValueError, KeyError)):      # the trainer names it a damaged checkpoint
+        train.restore_rng_state(saved)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import paddle
 
+from ..core import dropout_masks
 from ..core.errors import UserInputError
 from ..core.files import read_json
 
@@ -79,7 +80,8 @@ def rng_state() -> dict[str, Any]:
     return {"python": [python_state[0], list(python_state[1]), python_state[2]],
             "numpy": [numpy_state[0], numpy_state[1].tolist(), int(numpy_state[2]), int(numpy_state[3]),
                       float(numpy_state[4])],
-            "paddle": [list(state.__getstate__()) for state in paddle.get_rng_state()]}
+            "paddle": [list(state.__getstate__()) for state in paddle.get_rng_state()],
+            "dropout_masks": dropout_masks.state()}
 
 
 def restore_rng_state(saved: dict[str, Any]) -> None:
@@ -94,6 +96,8 @@ def restore_rng_state(saved: dict[str, Any]) -> None:
         state.__setstate__(tuple(values))
         states.append(state)
     paddle.set_rng_state(states)
+    if "dropout_masks" in saved:          # absent from checkpoints of versions that drew masks with Paddle
+        dropout_masks.set_state(saved["dropout_masks"])
 
 
 def damaged_checkpoint(path: Path, problem: str) -> UserInputError:

@@ -13,6 +13,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
+from ..core import dropout_masks
 from ..core.device import select_device
 from ..core.errors import UserInputError
 from ..core.files import (
@@ -123,5 +124,7 @@ def seed_initialisation(seed: int) -> None:
 
 
 def seed_dropout(seed: int) -> None:
-    """Before training: a different dropout stream per process."""
+    """Before training: a different dropout stream per process (Paddle's generator, and the
+    NumPy one that draws dropout masks on CPU)."""
     paddle.seed(seed + dist.get_rank())
+    dropout_masks.seed(seed + dist.get_rank())

@@ -8,6 +8,8 @@ Cases (BERT's 30,522-piece uncased vocabulary throughout):
   pretrain-tiny    the tests' tiny IB-BERT-layout teacher and tiny MobileBERT student, 32x64
   distill          the tests' tiny teacher and student, 32x64: a stage-1 step of the last phase
                    (every layer runs) and a stage-2 step (MLM against the teacher's softmax + NSP)
+  distill-full     the same two steps with the full-size IB-BERT teacher (24 layers, 294M
+                   parameters) and full-size MobileBERT student, at the first full-size shape
 
 Ours is `Trainer.run_step()`: drawing and masking the batch, forward, loss, backward, gradient
 norm and clipping (the command's default), the optimizer update. The PyTorch side gets the same
@@ -38,7 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data"        # BERT's uncased vocabulary and the SQuAD v1.1 dev contexts
-CASES = ("finetune-qa", "pretrain", "pretrain-tiny", "distill")
+CASES = ("finetune-qa", "pretrain", "pretrain-tiny", "distill", "distill-full")
 
 # The tests' tiny configs (tests/test_pretraining.py, tests/test_distillation.py), at BERT's vocabulary.
 TINY_STUDENT = dict(hidden_size=64, embedding_size=32, intra_bottleneck_size=32, intermediate_size=64,
@@ -358,13 +360,14 @@ def pretraining_case(model_config, data_dir: Path, batch: int, optimizer_name: s
             "rows_of": rows_of, "clip": config.max_grad_norm, "shape": f"{batch}x{data.max_seq_length}"}
 
 
-def distill_case(data_dir: Path, batch: int, output: Path, seed: int) -> dict:
-    """Tiny teacher and student; one Trainer whose state.step is set to a stage-1 step of the
+def distill_case(data_dir: Path, batch: int, output: Path, seed: int, size: str = "tiny") -> dict:
+    """The tests' tiny teacher and student (size "tiny"), or the full-size IB-BERT teacher and
+    MobileBERT student ("full"); one Trainer whose state.step is set to a stage-1 step of the
     last phase or to a stage-2 step before each timed step."""
     import paddle
 
     from mobilebert_paddle.cli import parse_command_args
-    from mobilebert_paddle.model.config import MobileBertConfig
+    from mobilebert_paddle.model.config import MobileBertConfig, load_config
     from mobilebert_paddle.model.network import MobileBertForPreTraining
     from mobilebert_paddle.pretraining.distillation import (
         DistillationTask,
@@ -376,8 +379,11 @@ def distill_case(data_dir: Path, batch: int, output: Path, seed: int) -> dict:
     from mobilebert_paddle.pretraining.task import MaskingSettings, masked_rows, open_data
 
     data = open_data(data_dir)
-    configs = {name: MobileBertConfig(vocab_size=data.vocab_size, **values)
-               for name, values in (("teacher", TINY_TEACHER), ("student", TINY_STUDENT))}
+    if size == "tiny":
+        configs = {name: MobileBertConfig(vocab_size=data.vocab_size, **values)
+                   for name, values in (("teacher", TINY_TEACHER), ("student", TINY_STUDENT))}
+    else:
+        configs = {"teacher": load_config("ib-bert"), "student": load_config("mobilebert")}
     output.mkdir(parents=True, exist_ok=True)
     paddle.seed(seed)
     models = {}
@@ -409,7 +415,7 @@ def distill_case(data_dir: Path, batch: int, output: Path, seed: int) -> dict:
                            torch_student, torch_teacher, torch_tensors(arrays), config.distill_ground_truth_ratio))},
             "torch_optimizer": optimizer, "torch_student": torch_student,
             "rows_of": lambda indices, step: masked_rows(data, indices, task.masking, step),
-            "clip": config.max_grad_norm, "shape": f"{batch}x{data.max_seq_length}"}
+            "clip": config.max_grad_norm, "shape": f"{batch}x{data.max_seq_length}", "size": size}
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,13 +520,14 @@ def run_simple_case(name: str, case: dict, rounds: int, warmup: int, first_step:
 
 
 def run_distill_case(case: dict, rounds: int, warmup: int) -> list:
+    """Each stage on its own (as a run takes them: a stretch of stage-1 steps, then stage 2),
+    ours and PyTorch interleaved on the same step's batch."""
     import paddle
     import torch
 
     trainer = case["trainer"]
-    results = []
-    paths, checks = {}, {}
-    for stage, (first_step, loss_fn) in case["stages"].items():
+    results, medians, checks = [], {}, {}
+    for stage, (first_step, loss_fn) in case["stages"].items():     # every check before any update
         rows = batch_rows(trainer, first_step)
         arrays = case["rows_of"](rows, first_step)
         trainer.raw_model.eval()
@@ -531,8 +538,10 @@ def run_distill_case(case: dict, rounds: int, warmup: int) -> list:
         with torch.no_grad():
             theirs = float(loss_fn(arrays))
         checks[stage] = {"ours": ours, "torch": theirs, "relative_difference": eval_loss_check(ours, theirs)}
-        trainer.raw_model.train()
-        case["torch_student"].train()
+    trainer.raw_model.train()
+    case["torch_student"].train()
+    for stage, (first_step, loss_fn) in case["stages"].items():
+        check = checks[stage]
         counter = {"step": first_step}
 
         def ours_step(counter=counter):
@@ -542,24 +551,16 @@ def run_distill_case(case: dict, rounds: int, warmup: int) -> list:
             step = counter["step"]
             step_arrays = case["rows_of"](batch_rows(trainer, step), step)
             torch_step(case["torch_student"], case["torch_optimizer"], loss_fn, step_arrays, case["clip"])()
-            counter["step"] += 1       # both paths of this stage take the same batch in a round
+            counter["step"] += 1       # ours runs first in a round: both take this step's batch
 
-        paths[f"PyTorch, {stage}"] = torch_one
-        paths[f"ours, {stage}"] = ours_step
-    # Order per round: ours then PyTorch of each stage, so both see the same step's batch.
-    ordered = {}
-    for stage in case["stages"]:
-        ordered[f"ours, {stage}"] = paths[f"ours, {stage}"]
-        ordered[f"PyTorch, {stage}"] = paths[f"PyTorch, {stage}"]
-    times = time_interleaved(ordered, rounds, warmup)
-    for stage in case["stages"]:
-        subset = {name: times[name] for name in (f"PyTorch, {stage}", f"ours, {stage}")}
-        result = {"case": f"distill {stage}", "shape": case["shape"], "loss_check": checks[stage],
-                  "paths": {name.split(",")[0]: value for name, value in summarise(subset, f"PyTorch, {stage}").items()}}
+        times = time_interleaved({"ours": ours_step, "PyTorch": torch_one}, rounds, warmup)
+        medians[stage] = statistics.median(times["ours"])
+        result = {"case": f"distill {stage}, {case['size']}", "shape": case["shape"], "loss_check": check,
+                  "paths": summarise(times, "PyTorch")}
         results.append(result)
         print(json.dumps(result), file=sys.stderr, flush=True)
-    stage1, stage2 = (statistics.median(times[f"ours, {stage}"]) for stage in case["stages"])
-    results.append({"case": "distill stage 2 / stage 1 (ours)", "ratio": stage2 / stage1})
+    stage1, stage2 = (medians[stage] for stage in case["stages"])
+    results.append({"case": f"distill stage 2 / stage 1 (ours), {case['size']}", "ratio": stage2 / stage1})
     return results
 
 
@@ -595,9 +596,9 @@ def table(results: list) -> str:
         torch_row, ours_row = paths["PyTorch"], paths["ours"]
         lines.append(f"| {result['case']} | {result['shape']} | {torch_row['median_ms']:.0f} ({torch_row['min_ms']:.0f}) | "
                      f"{ours_row['median_ms']:.0f} ({ours_row['min_ms']:.0f}) | {ours_row['ratio_to_torch']:.2f} |")
-    ratio = next((result["ratio"] for result in results if "ratio" in result), None)
-    if ratio is not None:
-        lines.append(f"\ndistill stage 2 / stage 1 (ours, medians): {ratio:.2f}")
+    for result in results:
+        if "ratio" in result:
+            lines.append(f"\n{result['case']}, medians: {result['ratio']:.2f}")
     return "\n".join(lines)
 
 
@@ -656,6 +657,10 @@ def main() -> None:
                 results.append(run_simple_case(f"pretrain {name} (LAMB)", built, args.rounds, args.warmup))
         elif case == "distill":
             results.extend(run_distill_case(distill_case(data_dirs[64], 32, root / "run", args.seed),
+                                            args.rounds, args.warmup))
+        elif case == "distill-full":
+            batch, length = shapes[0]
+            results.extend(run_distill_case(distill_case(data_dirs[length], batch, root / "run", args.seed, "full"),
                                             args.rounds, args.warmup))
         else:
             raise SystemExit(f"unknown case {case!r} (one of {', '.join(CASES)})")

@@ -541,11 +541,14 @@ def test_help_lists_every_hyperparameter_with_its_default(capsys):
         assert recipe in text
 
 
-def test_our_lamb_equals_paddles_lamb_and_keeps_its_state():
+@pytest.mark.parametrize("small", [0, 100])
+def test_our_lamb_equals_paddles_lamb_and_keeps_its_state(small, monkeypatch):
     """optim.Lamb (Paddle's AdamW kernel at learning rate 1 on a copy, then the trust ratio) takes
     Paddle's LAMB's steps within float rounding: decayed tensors (trust ratio), a tensor left out
     of weight decay (no trust ratio), a zero tensor (ratio 1), learning-rate multipliers 0 (the
-    tensor stays bit-identical) and 0.5; and its state dict has Paddle's LAMB's keys and values."""
+    tensor stays bit-identical) and 0.5; and its state dict has Paddle's LAMB's keys and values.
+    With `small` 0 every tensor takes our path, with 100 the ones under 100 values Paddle's."""
+    monkeypatch.setattr(optim.Lamb, "SMALL", small)
     rng = np.random.default_rng(0)
     shapes = {"weight": (24, 8), "bias": (8,), "zero": (8, 8), "frozen": (4, 8), "half": (8, 4)}
     start = {name: (rng.standard_normal(shape) * 0.1).astype("float32") for name, shape in shapes.items()}

@@ -73,7 +73,7 @@ class TokenStatistics(NamedTuple):
 def token_statistics(hidden) -> TokenStatistics:
     mean = hidden.mean(axis=-1, keepdim=True)
     centred = hidden - mean
-    return TokenStatistics(mean, centred, (centred ** 2).mean(axis=-1, keepdim=True))
+    return TokenStatistics(mean, centred, paddle.square(centred).mean(axis=-1, keepdim=True))
 
 
 def normalise_features(hidden, statistics: TokenStatistics | None = None):
@@ -94,7 +94,7 @@ def feature_map_loss(teacher_hidden, student_hidden, weights, statistics: tuple 
                                                             token_statistics(student_hidden))
     difference = (normalise_features(teacher_hidden, teacher_statistics)
                   - normalise_features(student_hidden, student_statistics))
-    return row_mean_over_tokens((difference ** 2).mean(axis=-1), weights)         # (B, T) -> (B,)
+    return row_mean_over_tokens(paddle.square(difference).mean(axis=-1), weights)         # (B, T) -> (B,)
 
 
 def attention_loss(teacher_attention, student_attention, weights):
@@ -129,7 +129,7 @@ def mean_variance_losses(teacher_hidden, student_hidden, weights, statistics: tu
     all teacher layers: a bug (a typo for `teacher_hidden`), not followed here.
     """
     teacher, student = statistics or (token_statistics(teacher_hidden.detach()), token_statistics(student_hidden))
-    beta = row_mean_over_tokens(((teacher.mean - student.mean) ** 2).squeeze(-1), weights)       # (B, T) -> (B,)
+    beta = row_mean_over_tokens(paddle.square(teacher.mean - student.mean).squeeze(-1), weights)       # (B, T) -> (B,)
     gamma = row_mean_over_tokens((teacher.variance - student.variance).abs().squeeze(-1), weights)
     return beta, gamma
 

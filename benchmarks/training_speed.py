@@ -42,29 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data"        # BERT's uncased vocabulary and the SQuAD v1.1 dev contexts
 CASES = ("finetune-qa", "pretrain", "pretrain-tiny", "distill", "distill-full")
 
-# The tests' tiny configs (tests/test_pretraining.py, tests/test_distillation.py), at BERT's vocabulary.
-TINY_STUDENT = dict(hidden_size=64, embedding_size=32, intra_bottleneck_size=32, intermediate_size=64,
-                    num_hidden_layers=2, num_attention_heads=2, num_feedforward_networks=2,
-                    max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                    initializer_range=0.05)
-TINY_TEACHER = dict(TINY_STUDENT, intra_bottleneck_size=128, intermediate_size=256, num_feedforward_networks=1,
-                    use_bottleneck_attention=False, key_query_shared_bottleneck=False,
-                    normalization_type="layer_norm", hidden_act="gelu")
-
-
-# --------------------------------------------------------------------------------------------
-# Data: a DATA_DIR of the SQuAD dev contexts in BERT's vocabulary (as benchmarks/distillation.py)
-# --------------------------------------------------------------------------------------------
-
-def corpus_text(articles: list) -> str:
-    import re
-
-    documents = []
-    for article in articles:
-        for paragraph in article["paragraphs"]:
-            sentences = [part.strip() for part in re.split(r"(?<=[.!?])\s+", paragraph["context"]) if part.strip()]
-            documents.append("\n".join(sentences))
-    return "\n\n".join(documents) + "\n"
+# The tests' tiny student and benchmarks/distillation.py's tiny IB-BERT-layout teacher (at BERT's
+# vocabulary here), the tests' corpus format and BERT's uncased vocabulary as a tokenizer dir.
+sys.path.insert(0, str(REPO / "tests"))
+from distillation import TEACHER as TINY_TEACHER  # noqa: E402
+from distillation import bert_tokenizer  # noqa: E402
+from test_pretraining import TINY as TINY_STUDENT  # noqa: E402
+from test_pretraining import corpus_text  # noqa: E402
 
 
 def prepare_data(root: Path, lengths: list[int]) -> dict[int, Path]:
@@ -73,12 +57,8 @@ def prepare_data(root: Path, lengths: list[int]) -> dict[int, Path]:
     import lzma
 
     from mobilebert_paddle.cli import main
-    from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
 
-    tokenizer = root / "tokenizer"
-    if not (tokenizer / "vocab.txt").is_file():
-        tokens = lzma.decompress((FIXTURES / "bert-base-uncased-vocab.txt.xz").read_bytes()).decode("utf-8").splitlines()
-        MobileBertTokenizer({token: index for index, token in enumerate(tokens)}).save_pretrained(tokenizer)
+    tokenizer = bert_tokenizer(root / "tokenizer")
     text = root / "corpus.txt"
     if not text.is_file():
         articles = json.loads(lzma.decompress((FIXTURES / "squad-dev-v1.1-contexts.json.xz").read_bytes()))["data"]

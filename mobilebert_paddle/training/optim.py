@@ -53,7 +53,8 @@ class Lamb(paddle.optimizer.Lamb):
     the trust ratio ||w|| / ||direction|| (1 where either norm is 0, and for tensors without
     weight decay unless always_adapt, as Paddle's kernel) times the learning rate: 130 ms.
     Equal to Paddle's LAMB within float rounding (tests/test_train.py). The copy's buffer is
-    kept per shape (one layer's worth at full size). Tensors under SMALL values, off the CPU,
+    kept per distinct shape: 16.3M values at full size, 44% of the model's (the two vocabulary
+    matrices and one of each layer's shapes). Tensors under SMALL values, off the CPU,
     and with master weights take Paddle's kernel."""
 
     SMALL = 16384        # fewer values: Paddle's one kernel call beats the ~10 calls here (~70 us of dispatch)

@@ -153,13 +153,19 @@ def test_evaluate_on_openvino_scores_as_eager(qa_run, tmp_path, capsys):
     """`evaluate --backend openvino` on the trained model dir (exported to OpenVINO IR in memory,
     run in float32): the same metrics and predictions training recorded with eager Paddle."""
     pytest.importorskip("openvino")
+    assert_scores_as_recorded("openvino", qa_run, tmp_path, capsys)
+
+
+def assert_scores_as_recorded(backend: str, qa_run, tmp_path, capsys) -> None:
+    """`evaluate --backend BACKEND` on the run's best/ gives the metrics and predictions.json
+    training recorded there with eager Paddle."""
     run, dev = qa_run
     code, summary, err = run_cli(capsys, ["evaluate", "squad1", "--model", run / "best", "--data", dev,
-                                          "--output", tmp_path / "eval", "--backend", "openvino", *QA_FLAGS])
+                                          "--output", tmp_path / "eval", "--backend", backend, *QA_FLAGS])
     assert code == 0, err
     recorded = json.loads((run / "best" / "metrics.json").read_text())
     recorded.pop("step")
-    assert summary["backend"] == "openvino" and summary["metrics"] == recorded
+    assert summary["backend"] == backend and summary["metrics"] == recorded
     assert (tmp_path / "eval" / "predictions.json").read_text() == (run / "best" / "predictions.json").read_text()
 
 
@@ -168,14 +174,8 @@ def test_evaluate_on_litert_scores_as_eager(qa_run, tmp_path, capsys):
     the model's max_seq_length, run by ai-edge-litert): the metrics and predictions training
     recorded with eager Paddle. An export at 32 tokens refuses 48-token windows in one line."""
     pytest.importorskip("litert_torch")
+    assert_scores_as_recorded("litert", qa_run, tmp_path, capsys)
     run, dev = qa_run
-    code, summary, err = run_cli(capsys, ["evaluate", "squad1", "--model", run / "best", "--data", dev,
-                                          "--output", tmp_path / "eval", "--backend", "litert", *QA_FLAGS])
-    assert code == 0, err
-    recorded = json.loads((run / "best" / "metrics.json").read_text())
-    recorded.pop("step")
-    assert summary["backend"] == "litert" and summary["metrics"] == recorded
-    assert (tmp_path / "eval" / "predictions.json").read_text() == (run / "best" / "predictions.json").read_text()
     code, _, err = run_cli(capsys, ["export", "--model", run / "best", "--format", "litert", "--output",
                                     tmp_path / "litert"])
     assert code == 0, err

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import VARIANTS, make_hf_model, padded_batch, relative_error, run_paddle, save_hf
+from tiny_tasks import load_benchmark
 
 from mobilebert_paddle import cli
 from mobilebert_paddle.core.errors import UserInputError
@@ -497,14 +498,9 @@ def test_model_flops_full_size_matches_issue():
 def test_gemm_bound_counts_what_bench_counts():
     """benchmarks/gemm_bound.py (the README's bound on the float32 floor) times the same matmuls
     bench.model_flops counts: every encoder Linear per token and both attention products."""
-    import importlib.util
-
     from mobilebert_paddle.tools.bench import model_flops
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gemm_bound.py"
-    spec = importlib.util.spec_from_file_location("gemm_bound", path)
-    gemm_bound = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gemm_bound)
+    gemm_bound = load_benchmark("gemm_bound")
     for preset, batch, length in (("mobilebert", 1, 128), ("mobilebert-tiny", 3, 20), ("ib-bert", 2, 8)):
         shapes, config = gemm_bound.model_matmuls(preset, batch, length)
         total = sum(gemm_bound.flops(shape) * count for shape, count in shapes.items())

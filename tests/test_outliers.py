@@ -6,29 +6,17 @@ its stream must really carry the outliers, and leaving out any one reader must s
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import paddle
 import pytest
 from reference import TINY, padded_batch, relative_error
+from tiny_tasks import load_benchmark
 
 from mobilebert_paddle.model.config import MobileBertConfig
 from mobilebert_paddle.model.network import HEADS
 
 REACH = 1e7
-
-
-def load_outliers():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "outliers.py"
-    spec = importlib.util.spec_from_file_location("outliers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-outliers = load_outliers()
+outliers = load_benchmark("outliers")
 
 
 def make_model(head: str = "MobileBertForQuestionAnswering", seed: int = 0, spread: float = 1.0, **changes):

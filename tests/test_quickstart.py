@@ -10,7 +10,6 @@ backs most tests here: exit 0, one JSON document on stdout, EM from ~0 before tr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shlex
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_tasks import run_cli
+from tiny_tasks import load_benchmark, run_cli
 
 from mobilebert_paddle.tools import quickstart
 
@@ -122,20 +121,12 @@ def test_the_next_predict_command_runs(summary, capsys):
     assert code == 0 and answer["answer"] == "baker"
 
 
-def load_export_accuracy_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "export_accuracy.py"
-    spec = importlib.util.spec_from_file_location("export_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_export_accuracy_benchmark_on_the_trained_model(summary):
     """benchmarks/export_accuracy.py (the README's int8 table) on the quickstart's model: the
     float32 exports score as eager does, and int8 and the 8-bit-activation study run through
     the same evaluation."""
-    benchmark = load_export_accuracy_benchmark()
+    benchmark = load_benchmark("export_accuracy")
     artifacts = summary["artifacts"]
     report = benchmark.score_model(Path(artifacts["best_model"]), Path(artifacts["dev_data"]), "squad1",
                                    batch_size=64, activation_study=True, exports=benchmark.DEFAULT_EXPORTS)
@@ -151,7 +142,7 @@ def test_export_accuracy_benchmark_on_the_trained_model(summary):
 
 
 def test_8_bit_rounding_of_the_activation_study():
-    rounding = load_export_accuracy_benchmark().round_to_uint8
+    rounding = load_benchmark("export_accuracy").round_to_uint8
     values = np.array([[0.0, 0.001], [-1.0, 0.003], [2.55, 0.002]])     # a wide and a narrow channel
     step = 3.55 / 255                                                    # one range for the whole tensor
     per_tensor = rounding(values, None)

@@ -38,6 +38,17 @@ TINY_CONFIG = dict(hidden_size=64, embedding_size=32, intra_bottleneck_size=32, 
                    initializer_range=0.2)
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_tokenizer():
     from mobilebert_paddle.model.tokenizer import MobileBertTokenizer
 
